@@ -1,0 +1,27 @@
+"""Datasets by name, seeded splits, train-only normalization, tf.data input.
+
+A dataset entry in `DATASETS` is a function returning `RawData` (all the
+examples, unsplit). `load_splits` turns it into seeded train/val/test splits
+and computes normalization statistics on the training split only.
+"""
+
+from kdl.data.core import (
+    DataSplits,
+    Normalizer,
+    RawData,
+    Split,
+    fingerprint,
+    load_splits,
+    make_tf_dataset,
+)
+from kdl.data import sources  # noqa: F401  (registers the built-in datasets)
+
+__all__ = [
+    "DataSplits",
+    "Normalizer",
+    "RawData",
+    "Split",
+    "fingerprint",
+    "load_splits",
+    "make_tf_dataset",
+]

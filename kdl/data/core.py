@@ -1,0 +1,192 @@
+"""Data containers, splitting, normalization and the tf.data pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kdl.registry import DATASETS
+
+TASKS = ("classification", "regression")
+
+
+@dataclass
+class RawData:
+    """Every example of a dataset, before splitting.
+
+    Args:
+        x: inputs, float32, first axis is the example axis. Images are
+            `(n, height, width, channels)`, tables `(n, features)`.
+        y: targets: int class ids for classification, floats for regression.
+        task: "classification" or "regression".
+        label_names: class names, index = class id (classification only).
+        splits: optional predefined split of example indices,
+            `{"train": idx, "val": idx, "test": idx}`; missing ones are drawn.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    task: str = "classification"
+    label_names: list[str] = field(default_factory=list)
+    splits: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} examples but y has {len(self.y)}")
+        self.x = np.asarray(self.x, dtype="float32")
+        if self.task == "classification":
+            self.y = np.asarray(self.y).astype("int32")
+            if not self.label_names:
+                self.label_names = [str(i) for i in range(int(self.y.max()) + 1)]
+        else:
+            self.y = np.asarray(self.y, dtype="float32")
+
+
+@dataclass
+class Normalizer:
+    """`(x - mean) / std`, per feature (tables) or per channel (images).
+
+    The statistics come from the training split only and travel with the
+    model (`preprocessing.json`, the mobile bundle's contract).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Normalizer:
+        axes = tuple(range(x.ndim - 1)) if x.ndim > 2 else (0,)
+        mean = x.mean(axis=axes)
+        std = x.std(axis=axes)
+        std = np.where(std < 1e-6, 1.0, std)  # constant features pass through unscaled
+        return cls(mean.astype("float32"), std.astype("float32"))
+
+    @classmethod
+    def identity(cls, x: np.ndarray) -> Normalizer:
+        n = x.shape[-1]
+        return cls(np.zeros(n, "float32"), np.ones(n, "float32"))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype("float32")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(),
+                "formula": "(x - mean) / std, over the last axis"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+        return cls(np.asarray(d["mean"], "float32"), np.asarray(d["std"], "float32"))
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class DataSplits:
+    """Normalized train/val/test splits and what is needed to reproduce them."""
+
+    train: Split
+    val: Split
+    test: Split
+    task: str
+    label_names: list[str]
+    normalizer: Normalizer
+    fingerprint: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def num_outputs(self) -> int:
+        if self.task == "classification":
+            return len(self.label_names)
+        return 1 if self.train.y.ndim == 1 else int(self.train.y.shape[-1])
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """A short content hash of arrays (shape, dtype and bytes)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _draw_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: int):
+    n = len(raw.x)
+    given = {k: np.asarray(v, dtype="int64") for k, v in raw.splits.items()}
+    if {"train", "val", "test"} <= given.keys():
+        return given["train"], given["val"], given["test"]
+    rng = np.random.default_rng(seed)
+    used = np.concatenate(list(given.values())) if given else np.array([], "int64")
+    rest = rng.permutation(np.setdiff1d(np.arange(n), used))
+    n_test = 0 if "test" in given else int(round(test_fraction * n))
+    n_val = 0 if "val" in given else int(round(val_fraction * n))
+    if len(rest) - n_test - n_val < 1:
+        raise ValueError(
+            f"dataset has {n} examples: too few for val_fraction={val_fraction} and "
+            f"test_fraction={test_fraction}. Lower the fractions or add data."
+        )
+    test = given.get("test", rest[:n_test])
+    val = given.get("val", rest[n_test:n_test + n_val])
+    train = given.get("train", rest[n_test + n_val:])
+    return train, val, test
+
+
+def load_splits(
+    name: str,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    normalize: bool = True,
+    **options: Any,
+) -> DataSplits:
+    """Load dataset `name`, split it (seeded) and normalize with train statistics.
+
+    Args:
+        name: a name in `DATASETS` ("digits", "iris", "npz", "csv", ...).
+        val_fraction, test_fraction: shares of all examples, when the dataset
+            does not define its own split.
+        seed: the split's random seed.
+        normalize: standardize inputs with the training split's statistics.
+        **options: passed to the dataset function (e.g. `path`, `target`).
+    """
+    raw: RawData = DATASETS.build(name, **options)
+    tr, va, te = _draw_splits(raw, val_fraction, test_fraction, seed)
+    x_tr = raw.x[tr]
+    norm = Normalizer.fit(x_tr) if normalize else Normalizer.identity(x_tr)
+    split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
+    return DataSplits(
+        train=split(tr), val=split(va), test=split(te),
+        task=raw.task, label_names=list(raw.label_names), normalizer=norm,
+        fingerprint=fingerprint(raw.x, raw.y, tr, va, te),
+    )
+
+
+def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                    targets: bool = True):
+    """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
+
+    Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y) if targets else split.x)
+    ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,120 @@
+"""Built-in datasets: scikit-learn's bundled sets, and the user's .npz and CSV files."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from kdl.data.core import RawData
+from kdl.registry import DATASETS
+
+
+def _sklearn(loader_name: str) -> RawData:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, loader_name)()
+    return RawData(bunch.data, bunch.target, "classification",
+                   [str(n) for n in bunch.target_names])
+
+
+@DATASETS.register("digits", task="classification", input="image 8x8x1")
+def digits() -> RawData:
+    """scikit-learn's handwritten digits: 1,797 8x8 grey images (0..16), 10 classes."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype("float32")[..., None]
+    return RawData(x, bunch.target, "classification", [str(n) for n in bunch.target_names])
+
+
+@DATASETS.register("iris", task="classification", input="table 4")
+def iris() -> RawData:
+    """scikit-learn's iris: 150 flowers, 4 features, 3 classes."""
+    return _sklearn("load_iris")
+
+
+@DATASETS.register("wine", task="classification", input="table 13")
+def wine() -> RawData:
+    """scikit-learn's wine: 178 wines, 13 features, 3 cultivars."""
+    return _sklearn("load_wine")
+
+
+@DATASETS.register("breast_cancer", task="classification", input="table 30")
+def breast_cancer() -> RawData:
+    """scikit-learn's breast cancer (Wisconsin): 569 cases, 30 features, 2 classes."""
+    return _sklearn("load_breast_cancer")
+
+
+def _require_file(path: str | None, kind: str) -> Path:
+    if not path:
+        raise ValueError(f"the {kind} dataset needs a file: set data.path=<file.{kind}>")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"data.path {str(p)!r} does not exist or is not a file")
+    return p
+
+
+@DATASETS.register("npz", task="any", input="any")
+def npz(path: str | None = None, task: str = "classification", target: str | None = None,
+        label_names: list[str] | None = None) -> RawData:
+    """A NumPy `.npz` with arrays `x` and `y`, optionally split index arrays.
+
+    Split keys, if present: `train_idx`, `val_idx`, `test_idx` (example indices).
+    Alternatively `x_train/y_train`, `x_val/y_val`, `x_test/y_test` arrays.
+    """
+    p = _require_file(path, "npz")
+    with np.load(p) as f:
+        keys = set(f.files)
+        if {"x", "y"} <= keys:
+            x, y = f["x"], f["y"]
+            splits = {k[:-4]: f[k] for k in ("train_idx", "val_idx", "test_idx") if k in keys}
+        elif {"x_train", "y_train"} <= keys:
+            parts = [s for s in ("train", "val", "test") if f"x_{s}" in keys]
+            xs = [f[f"x_{s}"] for s in parts]
+            ys = [f[f"y_{s}"] for s in parts]
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            bounds = np.cumsum([0] + [len(a) for a in xs])
+            splits = {s: np.arange(bounds[i], bounds[i + 1]) for i, s in enumerate(parts)}
+        else:
+            raise ValueError(
+                f"{p} has arrays {sorted(keys)}; expected 'x' and 'y' "
+                "(or 'x_train', 'y_train', optionally '_val' and '_test')"
+            )
+    return RawData(x, y, task, list(label_names or []), splits)
+
+
+@DATASETS.register("csv", task="any", input="table")
+def csv_table(path: str | None = None, target: str | None = None, task: str = "classification",
+              label_names: list[str] | None = None) -> RawData:
+    """A CSV file with a header row: numeric feature columns and one target column.
+
+    For classification, target values may be strings; they become class ids in
+    sorted order and their names become the label names.
+    """
+    p = _require_file(path, "csv")
+    with p.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 2:
+        raise ValueError(f"{p} has no data rows under its header")
+    header, body = rows[0], rows[1:]
+    if target is None:
+        raise ValueError(f"the csv dataset needs data.target=<column>; columns: {header}")
+    if target not in header:
+        raise ValueError(f"target column {target!r} is not in {p.name}; columns: {header}")
+    t = header.index(target)
+    try:
+        x = np.array([[float(v) for i, v in enumerate(r) if i != t] for r in body], "float32")
+    except ValueError as e:
+        raise ValueError(f"{p.name}: feature columns must be numeric ({e})") from None
+    raw_y = [r[t] for r in body]
+    if task == "classification":
+        names = label_names or sorted(set(raw_y), key=lambda v: (len(v), v))
+        index = {n: i for i, n in enumerate(names)}
+        unknown = sorted(set(raw_y) - index.keys())
+        if unknown:
+            raise ValueError(f"{p.name}: target values {unknown} are not in label_names")
+        y = np.array([index[v] for v in raw_y], "int32")
+        return RawData(x, y, task, list(names))
+    return RawData(x, np.array(raw_y, "float32"), task)

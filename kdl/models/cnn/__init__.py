@@ -1,0 +1,3 @@
+from kdl.models.cnn.cnn import cnn
+
+__all__ = ["cnn"]

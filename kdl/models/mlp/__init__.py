@@ -1,0 +1,3 @@
+from kdl.models.mlp.mlp import mlp
+
+__all__ = ["mlp"]

@@ -192,6 +192,20 @@ class MagnitudePruner:
         self._masks = None
         self.step = 0  # optimizer steps taken under this pruner
 
+    @classmethod
+    def keep_zeros(cls, model: keras.Model, exclude: Iterable[str] = ()) -> MagnitudePruner:
+        """A pruner that never prunes more but keeps today's zero weights at zero.
+
+        Use its `callback()` when fine-tuning an already pruned model (e.g. QAT),
+        so the sparsity survives the extra training.
+        """
+        from kdl.compress.schedules import ConstantSparsity
+
+        pruner = cls(model, ConstantSparsity(0.0, begin_step=0, end_step=0), exclude=exclude)
+        for pw in pruner.weights:
+            pw.mask = (ops.convert_to_numpy(pw.variable) != 0).astype("float32")
+        return pruner
+
     # -- masks -------------------------------------------------------------
     def _scores(self, w: np.ndarray) -> np.ndarray:
         return np.abs(w) if self.block_size == (1, 1) else _block_scores(w, self.block_size)

@@ -90,7 +90,47 @@ class TrackingConfig:
     model_name: str | None = None  # registry name; default "kdl-<experiment>"
 
 
-STAGES = ("train", "export")
+@dataclass
+class PruneConfig:
+    engine: Literal["native", "tfmot"] = "native"
+    schedule: Literal["constant", "polynomial_decay"] = "polynomial_decay"
+    initial_sparsity: float = 0.0  # polynomial_decay only
+    final_sparsity: float = 0.8  # the target (constant: the sparsity throughout)
+    begin_step: int = 0
+    end_step: int | None = None  # default: 70% of the fine-tuning steps
+    frequency: int = 10
+    power: float = 3.0
+    scope: Literal["layer", "global"] = "layer"
+    block_size: list[int] = field(default_factory=lambda: [1, 1])  # e.g. [1, 4]
+    m_by_n: list[int] | None = None  # [2, 4]: 2:4 structured sparsity (native only)
+    exclude: list[str] = field(default_factory=list)  # regexes of layer names left dense
+    epochs: int = 10  # fine-tuning epochs under pruning
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class QuantizeConfig:
+    qat: bool = True  # fine-tune with fake quantization before the int8 conversion
+    engine: Literal["native", "tfmot"] = "native"
+    epochs: int = 3
+    learning_rate: float = 1e-4
+    representative_samples: int = 200  # drawn from the training split
+    float_io: bool = False  # int8 model with float input/output
+    keras_mode: Literal["none", "int8", "int4"] = "none"  # also Keras model.quantize(mode)
+
+
+@dataclass
+class DistillConfig:
+    student: str = "mlp"  # a name in kdl.registry.MODELS
+    student_preset: str = "tiny"
+    student_params: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 4.0
+    alpha: float = 0.1  # weight of the hard-label loss
+    epochs: int = 30
+    learning_rate: float = 3e-3
+
+
+STAGES = ("train", "distill", "prune", "quantize", "export")
 
 
 @dataclass
@@ -101,6 +141,9 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -310,6 +353,55 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
     if cfg.train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0 (got {cfg.train.learning_rate})")
+    validate_compression(cfg)
+
+
+def validate_compression(cfg: ExperimentConfig) -> None:
+    """The prune/quantize/distill sections: ranges and combinations."""
+    from kdl.registry import MODELS
+
+    p = cfg.prune
+    for key in ("initial_sparsity", "final_sparsity"):
+        v = getattr(p, key)
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"prune.{key} must be in [0, 1) (got {v}); 0.8 means 80% zeros")
+    if p.begin_step < 0:
+        raise ConfigError(f"prune.begin_step must be >= 0 (got {p.begin_step})")
+    if p.end_step is not None and p.end_step < p.begin_step:
+        raise ConfigError(f"prune.end_step ({p.end_step}) is before prune.begin_step "
+                          f"({p.begin_step}): set end_step >= begin_step")
+    if p.frequency < 1:
+        raise ConfigError(f"prune.frequency must be >= 1 (got {p.frequency})")
+    if len(p.block_size) != 2 or min(p.block_size) < 1:
+        raise ConfigError(f"prune.block_size must be two integers >= 1 (got {p.block_size})")
+    if p.m_by_n is not None:
+        if len(p.m_by_n) != 2 or not 0 < p.m_by_n[0] < p.m_by_n[1]:
+            raise ConfigError(f"prune.m_by_n must be [m, n] with 0 < m < n (got {p.m_by_n})")
+        if p.block_size != [1, 1]:
+            raise ConfigError("prune.m_by_n and prune.block_size cannot be combined")
+        if p.engine != "native":
+            raise ConfigError("prune.m_by_n needs prune.engine=native")
+    if p.epochs < 1:
+        raise ConfigError(f"prune.epochs must be >= 1 (got {p.epochs})")
+    q = cfg.quantize
+    if q.epochs < 0 or q.representative_samples < 1:
+        raise ConfigError("quantize.epochs must be >= 0 and quantize.representative_samples >= 1")
+    d = cfg.distill
+    _check_name(MODELS, d.student, "distill.student")
+    presets = sorted(MODELS.get(d.student).presets)
+    if d.student_preset not in presets:
+        raise ConfigError(f"distill.student_preset: model {d.student!r} has no preset "
+                          f"{d.student_preset!r}.{_close(d.student_preset, presets)} "
+                          f"Available: {', '.join(presets)}.")
+    if not d.temperature > 0 or not 0 <= d.alpha <= 1:
+        raise ConfigError(f"distill.temperature must be > 0 and distill.alpha in [0, 1] "
+                          f"(got {d.temperature} and {d.alpha})")
+    order = {name: i for i, name in enumerate(cfg.stages)}
+    for later in ("distill", "prune", "quantize"):
+        if later in order and "train" in order and order[later] < order["train"]:
+            raise ConfigError(f"stages: {later} needs the trained model: put it after train")
+    if "quantize" in order and "prune" in order and order["quantize"] < order["prune"]:
+        raise ConfigError("stages: quantize after prune (QAT keeps the pruning masks)")
 
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:

@@ -31,9 +31,10 @@ class Context:
 
 
 def stage_functions():
-    from pipelines.stages import export, train
+    from pipelines.stages import distill, export, prune, quantize, train
 
-    return {"train": train.run, "export": export.run}
+    return {"train": train.run, "distill": distill.run, "prune": prune.run,
+            "quantize": quantize.run, "export": export.run}
 
 
 def output_root(cfg: ExperimentConfig) -> Path:

@@ -11,6 +11,7 @@ from kdl.compress.pruning import (
     PruningCallback,
     prunable_weights,
     prune_magnitude,
+    recalibrate_batch_norm,
     sparsity_report,
 )
 from kdl.compress.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule, make_schedule
@@ -24,5 +25,6 @@ __all__ = [
     "make_schedule",
     "prunable_weights",
     "prune_magnitude",
+    "recalibrate_batch_norm",
     "sparsity_report",
 ]

@@ -102,13 +102,13 @@ def _qat_native(cfg, model, splits, out: Path, pruned: bool) -> keras.Model:
 
 
 def _keras_quantized(model_path: Path, mode: str, splits, out: Path) -> dict[str, Any]:
+    from kdl.compress.ptq import keras_quantizable_layers, keras_quantize
+
     model = keras.saving.load_model(model_path)
-    kinds = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
-    covered = [la.name for la in model._flatten_layers() if isinstance(la, kinds)]
-    if not covered:
+    if not keras_quantizable_layers(model):
         return {"note": f"Keras model.quantize({mode!r}) skipped: the model has no Dense, "
                         "EinsumDense or Embedding layer (Keras does not quantize Conv layers)"}
-    model.quantize(mode)
+    covered = keras_quantize(model, mode)
     tmp = out.with_name(out.name + ".tmp.keras")
     model.save(tmp)
     os.replace(tmp, out)

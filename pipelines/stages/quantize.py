@@ -277,7 +277,7 @@ def _targets(rows: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     if dense and ptq:
         ratio = ptq["tflite_bytes"] / dense["tflite_bytes"]
         add("int8_size_ratio", f"{ratio:.3f}", "<= 0.30", ratio <= 0.30)
-        add("ptq_int8_drop_pt", f"{-ptq['delta_pt']:.2f}", "<= 0.5", -ptq["delta_pt"] <= 0.5)
+        add("ptq_int8_drop_pt", f"{0.0 - ptq['delta_pt']:.2f}", "<= 0.5", -ptq["delta_pt"] <= 0.5)
     qat = next((r for r in rows if "(QAT)" in r["variant"] and r["variant"].startswith(prefix)),
                None)
     p_ptq = by.get(f"{prefix} int8 (PTQ)")
@@ -288,7 +288,7 @@ def _targets(rows: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     if dense and pf:
         ratio = pf["tflite_gzip_bytes"] / dense["tflite_gzip_bytes"]
         add("pruned_gzip_ratio", f"{ratio:.3f}", "<= 0.35", ratio <= 0.35)
-        add("pruned_drop_pt", f"{-pf['delta_pt']:.2f}", "<= 0.5", -pf["delta_pt"] <= 0.5)
+        add("pruned_drop_pt", f"{0.0 - pf['delta_pt']:.2f}", "<= 0.5", -pf["delta_pt"] <= 0.5)
     final = qat or p_ptq
     if dense and final and prefix == "pruned":
         ratio = final["tflite_gzip_bytes"] / dense["tflite_gzip_bytes"]

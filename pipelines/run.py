@@ -103,7 +103,8 @@ def summary_table(run_dir: Path, results: dict[str, dict[str, Any]], tracker: Tr
     rows = [(stage, k, _fmt(v)) for stage, r in results.items() for k, v in r.items()
             if isinstance(v, int | float | str)]
     rows += [("run", "directory", str(run_dir)),
-             ("run", "mlflow run id", tracker.parent_id or f"(not tracked: {tracker.error})"),
+             ("run", "mlflow run id", tracker.parent_id or
+              (f"(not tracked: {tracker.error})" if tracker.error else "(tracking disabled)")),
              ("run", "mlflow store", tracker.uri)]
     w1 = max(len(r[0]) for r in rows)
     w2 = max(len(r[1]) for r in rows)

@@ -64,6 +64,33 @@ def _check_options(fmt: Format, options: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- converters
 
 
+def _float32_config(node: Any) -> Any:
+    """A model config with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy" and isinstance(node.get("config"), dict):
+            name = node["config"].get("name", "")
+            if name.startswith("mixed_"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_float32_config(v) for v in node]
+    return node
+
+
+def float32_model(model):
+    """The same model computing in float32 (a no-op for a float32 model).
+
+    A model trained under a mixed policy keeps float32 variables but computes in
+    bfloat16/float16, which TFLite builtins do not run. Export and its reference
+    outputs use this float32 twin, with the very same weights.
+    """
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
+    twin = model.__class__.from_config(_float32_config(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def _export_keras(model, path: Path, **_):
     model.save(path)
 
@@ -179,6 +206,7 @@ def export(model, out_dir: Path | str, formats: list[str],
         raise ExportError("export needs the TensorFlow backend: run it in a process with "
                           "KERAS_BACKEND=tensorflow (pipelines do this for you)")
     out_dir = Path(out_dir)
+    model = float32_model(model)
     options = options or {}
     unknown = [f for f in list(formats) + list(options) if f not in FORMATS]
     if unknown:
@@ -217,6 +245,7 @@ def _run_keras(path: Path):
         model = keras.saving.load_model(path)
     except Exception as e:  # zip errors, missing config, ...
         raise ExportFileError(f"{path}: cannot load this .keras file ({e})") from None
+    model = float32_model(model)
     return lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0), "float32")
 
 

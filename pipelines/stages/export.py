@@ -23,6 +23,7 @@ import numpy as np
 
 from kdl import training
 from kdl.data import fingerprint
+from kdl.export import float32_model
 from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path, atomic_write_json
 from pipelines.stages.train import load_data
@@ -61,7 +62,7 @@ def run(ctx) -> dict:
                                 "(or point RUN= at a finished run directory)")
     splits = ctx.state.get("splits") or load_data(cfg)
     try:
-        model = keras.saving.load_model(model_path)
+        model = float32_model(keras.saving.load_model(model_path))
     except Exception as e:  # a truncated zip, a missing custom object, ...
         raise ExportFileError(f"{model_path}: cannot load this .keras file "
                               f"({type(e).__name__}: {e}); train again or restore it") from None

@@ -82,3 +82,24 @@ def test_bad_options_formats_and_calibration_data(exported, tmp_path):
     with pytest.raises(ExportError, match=r"shape \(4, 4, 1\).*\(8, 8, 1\)"):
         export(model, tmp_path, ["tflite_int8"],
                {"tflite_int8": {"representative": np.zeros((3, 4, 4, 1), "float32")}})
+
+
+def test_mixed_precision_model_exports_through_its_float32_twin(tmp_path):
+    from kdl.export import float32_model
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = build_model("cnn", (8, 8, 1), 10, preset="tiny")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    twin = float32_model(mixed)
+    assert mixed.get_layer("conv_0").compute_dtype == "bfloat16"
+    assert {layer.compute_dtype for layer in twin.layers} == {"float32"}
+    for a, b in zip(mixed.get_weights(), twin.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(1).normal(size=(16, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(twin.predict(x, verbose=0), mixed.predict(x, verbose=0),
+                               atol=5e-2)
+    paths = export(mixed, tmp_path, ["tflite_fp32"])
+    tflite = load_runner("tflite_fp32", paths["tflite_fp32"])(x)
+    np.testing.assert_allclose(tflite, twin.predict(x, verbose=0), atol=1e-5)

@@ -59,6 +59,8 @@ def tiny_export(tmp_path_factory):
     int8.write_bytes(convert(model, int8=True, rep=x[:32]))
     keras_path = d / "model.keras"
     model.save(keras_path)
+    saved_model = d / "saved_model"
+    model.export(saved_model, format="tf_saved_model", verbose=False)
     return SimpleNamespace(model=model, normalizer=norm, raw=raw, x=x, dir=d, fp32=fp32,
-                           int8=int8, keras_path=keras_path,
+                           int8=int8, keras_path=keras_path, saved_model=saved_model,
                            labels=[f"class_{i}" for i in range(N_CLASSES)])

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from kdl.export.checks import read_tflite
+from kdl.export.litert import LiteRTRunner
 
 CONTRACT_SCHEMA = "kdl.bundle/1"
 GOLDEN_SCHEMA = "kdl.golden/1"
@@ -53,7 +53,7 @@ _FALLBACK_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 HOW_TO = {
     "order": "normalize input 0, quantize integer inputs, run at batch 1, dequantize "
              "integer outputs",
-    "normalize": "x = (raw - mean) / std over the last axis, in float32",
+    "normalize": "x = (raw - mean) / std over the last axis, in float32 (the input)",
     "quantize": "q = clamp(round_half_away_from_zero(x / scale) + zero_point, dtype min, "
                 "dtype max)",
     "dequantize": "y = (q - zero_point) * scale",
@@ -94,50 +94,28 @@ def _signature_names(interp) -> tuple[dict[int, str], dict[int, str]]:
     return ins, outs
 
 
-def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
-    info = np.iinfo(dtype)
-    v = np.asarray(x, "float64") / scale
-    q = np.sign(v) * np.floor(np.abs(v) + 0.5) + zero_point  # TFLite rounds half away from 0
-    return np.clip(q, info.min, info.max).astype(dtype)
+def _run_batch1(path: Path, x: np.ndarray) -> tuple[bytes, dict, np.ndarray]:
+    """Runs normalized examples one at a time through `LiteRTRunner`, as an app does.
 
-
-def _run_batch1(content: bytes, x: list[np.ndarray]) -> tuple[dict, list[np.ndarray]]:
-    """Runs normalized examples one at a time; returns tensor entries and float outputs."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=content, num_threads=1)
-    interp.allocate_tensors()
-    in_det, out_det = interp.get_input_details(), interp.get_output_details()
-    if len(in_det) != len(x):
-        raise ValueError(f"the model takes {len(in_det)} inputs, {len(x)} golden inputs given")
-    for d, xi in zip(in_det, x, strict=True):
-        if list(d["shape"][1:]) != list(xi.shape[1:]):
-            raise ValueError(
-                f"golden input of shape {list(xi.shape)} does not match model input "
-                f"{d['name']!r} of shape {d['shape_signature'].tolist()}"
-            )
+    Returns the file's bytes (checked: `TFL3`, loads, allocates), its tensor
+    entries for the contract and the float outputs.
+    """
+    runner = LiteRTRunner(path, num_threads=1)
+    content = path.read_bytes()
+    interp = runner.interpreter
+    (d_in,), (d_out,) = interp.get_input_details(), interp.get_output_details()
+    if list(d_in["shape"][1:]) != list(x.shape[1:]):
+        raise ValueError(
+            f"golden inputs of shape {list(x.shape)} do not match model input "
+            f"{d_in['name']!r} of shape {d_in['shape_signature'].tolist()} ({path})"
+        )
     sig_in, sig_out = _signature_names(interp)
-    entries = {"inputs": [_tensor_entry(d, sig_in) for d in in_det],
-               "outputs": [_tensor_entry(d, sig_out) for d in out_det]}
-    for d in in_det:
-        if d["shape"][0] != 1:
-            interp.resize_tensor_input(d["index"], [1, *d["shape"][1:]])
-    interp.allocate_tensors()
-    outs: list[list[np.ndarray]] = [[] for _ in out_det]
-    for i in range(len(x[0])):
-        for d, xi in zip(in_det, x, strict=True):
-            v = xi[i:i + 1]
-            if np.issubdtype(np.dtype(d["dtype"]), np.integer):
-                v = _quantize(v, *d["quantization"], np.dtype(d["dtype"]).name)
-            interp.set_tensor(d["index"], v.astype(d["dtype"]))
-        interp.invoke()
-        for k, d in enumerate(out_det):
-            y = interp.get_tensor(d["index"])
-            if np.issubdtype(y.dtype, np.integer):
-                scale, zp = d["quantization"]
-                y = (y.astype("float64") - zp) * scale
-            outs[k].append(y.astype("float32")[0])
-    return entries, [np.stack(o) for o in outs]
+    entries = {"inputs": [_tensor_entry(d_in, sig_in)], "outputs": [_tensor_entry(d_out, sig_out)]}
+    if entries["inputs"][0]["shape"][0] != 1:
+        entries["inputs"][0]["shape"][0] = 1
+        entries["outputs"][0]["shape"][0] = 1
+    outs = np.concatenate([runner(x[i:i + 1]) for i in range(len(x))])
+    return content, entries, outs
 
 
 def _tolerance(fmt: str, outputs: list[dict], overrides: Mapping[str, Mapping[str, float]]):
@@ -193,7 +171,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 def write_bundle(
     bundle_dir: str | Path,
     tflite_files: Mapping[str, str | Path],
-    golden_inputs: np.ndarray | Sequence[np.ndarray],
+    golden_inputs: np.ndarray,
     *,
     normalization: Any = None,
     label_names: Sequence[str] = (),
@@ -211,9 +189,9 @@ def write_bundle(
         tflite_files: format name to `.tflite` path, e.g.
             `{"tflite_fp32": "run/model_fp32.tflite"}`; files keep their names.
         golden_inputs: a few RAW examples (before normalization), batch axis
-            first; a list of arrays for a model with several inputs.
+            first. Models have one input and one output (as `LiteRTRunner`).
         normalization: a `kdl.data.Normalizer` or its `to_dict()`, applied
-            by the app to input 0; None when the model takes raw input.
+            by the app to the input; None when the model takes raw input.
         label_names: class names, index = class id.
         task: "classification" or "regression".
         model_name, model_version, source_run: recorded in the contract.
@@ -226,7 +204,7 @@ def write_bundle(
         The bundle directory.
 
     Raises:
-        InvalidModelFileError: a `.tflite` file is missing, corrupt or truncated.
+        ExportFileError: a `.tflite` file is missing, corrupt or truncated.
         ValueError: golden inputs that do not fit a model, bad normalization.
     """
     bundle_dir = Path(bundle_dir)
@@ -235,45 +213,44 @@ def write_bundle(
     names = [Path(p).name for p in tflite_files.values()]
     if len(set(names)) != len(names):
         raise ValueError(f"bundle files need distinct names, got {names}")
-    raw = [np.asarray(golden_inputs, "float32")] if isinstance(golden_inputs, np.ndarray) \
-        else [np.asarray(a, "float32") for a in golden_inputs]
-    if not raw or len(raw[0]) == 0 or any(len(a) != len(raw[0]) for a in raw):
-        raise ValueError("golden_inputs needs at least one example, the same count per input")
+    raw = np.asarray(golden_inputs, "float32")
+    if raw.ndim < 2 or len(raw) == 0:
+        raise ValueError(f"golden_inputs needs a batch axis and one example at least, got shape "
+                         f"{list(raw.shape)}")
     norm = _normalization_dict(normalization)
-    x = [a.copy() for a in raw]
+    x = raw
     if norm is not None:
         mean, std = np.asarray(norm["mean"], "float32"), np.asarray(norm["std"], "float32")
-        if x[0].shape[-1] != len(mean):
-            raise ValueError(f"normalization has {len(mean)} values, golden input 0 has last "
-                             f"axis {x[0].shape[-1]}")
-        x[0] = ((x[0] - mean) / std).astype("float32")
+        if x.shape[-1] != len(mean):
+            raise ValueError(f"normalization has {len(mean)} values, golden inputs have last "
+                             f"axis {x.shape[-1]}")
+        x = ((x - mean) / std).astype("float32")
     overrides = dict(tolerances or {})
 
     files, expected, contents = {}, {}, {}
     for fmt, path in tflite_files.items():
         path = Path(path)
-        content = contents[path.name] = read_tflite(path)
-        entries, outs = _run_batch1(content, x)
+        content, entries, out = _run_batch1(path, x)
+        contents[path.name] = content
         tol = _tolerance(fmt, entries["outputs"], overrides)
         entry: dict[str, Any] = {
             "format": fmt, "size_bytes": len(content),
             "sha256": hashlib.sha256(content).hexdigest(), **entries,
         }
         if reference_outputs is not None:
-            ref = np.asarray(reference_outputs, "float32").reshape(outs[0].shape)
-            parity = {"max_abs_diff": float(np.max(np.abs(outs[0] - ref)))}
+            ref = np.asarray(reference_outputs, "float32").reshape(out.shape)
+            parity = {"max_abs_diff": float(np.max(np.abs(out - ref)))}
             if task == "classification" and ref.ndim == 2 and ref.shape[1] > 1:
-                parity["top1_agreement"] = float(np.mean(outs[0].argmax(1) == ref.argmax(1)))
+                parity["top1_agreement"] = float(np.mean(out.argmax(1) == ref.argmax(1)))
             entry["parity_vs_reference"] = parity
         files[path.name] = entry
         expected[path.name] = {
             **tol,
-            "outputs": [{"name": o["signature_name"] or o["name"], **_json_array(a)}
-                        for o, a in zip(entries["outputs"], outs, strict=True)],
+            "outputs": [{"name": entries["outputs"][0]["signature_name"]
+                         or entries["outputs"][0]["name"], **_json_array(out)}],
         }
         if task == "classification":
-            expected[path.name]["top1"] = [int(i) for i in outs[0].reshape(len(outs[0]), -1)
-                                           .argmax(1)]
+            expected[path.name]["top1"] = [int(i) for i in out.reshape(len(out), -1).argmax(1)]
 
     contract = {
         "schema": CONTRACT_SCHEMA,
@@ -284,13 +261,13 @@ def write_bundle(
         "preprocessing": {"normalization": norm},
         "how_to_run": HOW_TO,
         "files": files,
-        "golden": {"file": "golden.json", "examples": len(raw[0])},
+        "golden": {"file": "golden.json", "examples": len(raw)},
     }
     golden: dict[str, Any] = {
         "schema": GOLDEN_SCHEMA,
-        "inputs": [{"name": files[names[0]]["inputs"][i]["signature_name"]
-                    or files[names[0]]["inputs"][i]["name"], "stage": "raw, before preprocessing",
-                    **_json_array(a)} for i, a in enumerate(raw)],
+        "inputs": [{"name": files[names[0]]["inputs"][0]["signature_name"]
+                    or files[names[0]]["inputs"][0]["name"], "stage": "raw, before preprocessing",
+                    **_json_array(raw)}],
         "expected": expected,
     }
     if reference_outputs is not None:

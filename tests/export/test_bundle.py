@@ -12,7 +12,7 @@ import pytest
 
 from kdl.export import bundle as bundle_mod
 from kdl.export.bundle import write_bundle
-from kdl.export.checks import InvalidModelFileError, read_tflite
+from kdl.export.litert import ExportFileError
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKER = ROOT / "pipelines" / "verify_bundle.py"
@@ -201,7 +201,7 @@ def test_contract_that_lies_about_quantization_is_malformed(good_bundle, tmp_pat
 def test_write_bundle_refuses_a_corrupt_tflite_and_leaves_nothing(tiny_export, tmp_path):
     bad = tmp_path / "model_fp32.tflite"
     bad.write_bytes(tiny_export.fp32.read_bytes()[:200])
-    with pytest.raises(InvalidModelFileError, match=r"model_fp32\.tflite: the LiteRT interp"):
+    with pytest.raises(ExportFileError, match=r"model_fp32\.tflite: LiteRT cannot load it"):
         write_bundle(tmp_path / "bundle", {"tflite_fp32": bad}, tiny_export.raw[:2])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_fp32.tflite"]
 
@@ -223,24 +223,27 @@ def test_failed_rewrite_keeps_the_old_bundle(good_bundle, tiny_export, tmp_path,
 
 @pytest.mark.tf_only
 def test_write_bundle_rejects_golden_inputs_of_the_wrong_width(tiny_export, tmp_path):
-    with pytest.raises(ValueError, match="normalization has 8 values, golden input 0 has last"):
+    with pytest.raises(ValueError, match="normalization has 8 values, golden inputs have last"):
         write_bundle(tmp_path / "b", {"tflite_fp32": tiny_export.fp32},
                      np.zeros((2, 5), "float32"), normalization=tiny_export.normalizer)
-    with pytest.raises(ValueError, match="does not match model input"):
+    with pytest.raises(ValueError, match="do not match model input"):
         write_bundle(tmp_path / "b", {"tflite_fp32": tiny_export.fp32},
                      np.zeros((2, 5), "float32"))
     assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.once
-def test_read_tflite_names_the_file(tmp_path):
-    missing = tmp_path / "gone.tflite"
-    with pytest.raises(InvalidModelFileError, match="gone.tflite: no such TFLite file"):
-        read_tflite(missing)
+def test_write_bundle_names_a_missing_or_foreign_file(tmp_path):
+    x = np.zeros((2, 8), "float32")
+    with pytest.raises(ExportFileError, match=r"gone\.tflite: no such \.tflite file"):
+        write_bundle(tmp_path / "b", {"tflite_fp32": tmp_path / "gone.tflite"}, x)
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"PK\x03\x04 this is a zip, not a flatbuffer")
-    with pytest.raises(InvalidModelFileError, match=r"junk\.tflite: not a TFLite model"):
-        read_tflite(junk)
+    with pytest.raises(ExportFileError, match=r"junk\.tflite: not a TFLite flatbuffer"):
+        write_bundle(tmp_path / "b", {"tflite_int8": junk}, x)
+    with pytest.raises(ValueError, match="tflite_files is empty"):
+        write_bundle(tmp_path / "b", {}, x)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.tflite"]
 
 
 @pytest.mark.once
@@ -254,4 +257,3 @@ def test_checker_quantizes_like_tflite():
         [zp, zp, zp, zp, 0, 0, zp]))
     assert q.dtype == np.int8
     np.testing.assert_allclose(checker.dequantize(q[:4], scale, zp), [0.5, -0.5, 0.5, -1.0])
-    np.testing.assert_array_equal(bundle_mod._quantize(x, scale, zp, "int8"), q)

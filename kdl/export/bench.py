@@ -300,8 +300,8 @@ def benchmark(runnables: Iterable[Runnable], x: np.ndarray,
     for r in runnables:
         row = bench_one(r, x, settings)
         if progress is not None:
-            progress(f"bench {r.format} [{r.runtime}"
-                     f"{f', {r.threads} threads' if r.threads else ''}]: "
+            threads = f", {r.threads} thread{'s' * (r.threads != 1)}" if r.threads else ""
+            progress(f"bench {r.format} [{r.runtime}{threads}]: "
                      f"p50 {row['batch1_p50_ms']:.4g} ms over {row['batch1_reps']} calls")
         rows.append(row)
     return add_ratios(rows)
@@ -404,7 +404,9 @@ def environment() -> dict[str, str]:
             env[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    env["keras_backend"] = os.environ.get("KERAS_BACKEND", "")
+    import keras
+
+    env["keras_backend"] = keras.backend.backend()
     return env
 
 
@@ -493,3 +495,40 @@ def saved_model_runnable(path: str | Path, *, endpoint: str = "serve",
         return predict
 
     return Runnable("saved_model", "tf.saved_model", load, path=path, extra=dict(extra or {}))
+
+
+def litert_runnable(path: str | Path, fmt: str, *, threads: int | None = 1,
+                    extra: dict[str, Any] | None = None) -> Runnable:
+    """A `.tflite` file in the LiteRT interpreter (XNNPACK on CPU), float in and out.
+
+    Uses `kdl.export.LiteRTRunner`, which quantizes inputs and dequantizes
+    outputs of full-int8 files, so every row is timed on the same float data.
+    """
+    from kdl.export.litert import LiteRTRunner
+
+    def load() -> Predict:
+        return LiteRTRunner(path, num_threads=threads)
+
+    return Runnable(fmt, "litert", load, path=path, threads=threads, extra=dict(extra or {}))
+
+
+def onnx_runnable(path: str | Path, *, threads: int | None = 1,
+                  extra: dict[str, Any] | None = None) -> Runnable:
+    """An `.onnx` file in onnxruntime (CPU execution provider)."""
+
+    def load() -> Predict:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("benchmarking .onnx files needs `pip install "
+                              "onnxruntime==1.31.1`") from e
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: np.asarray(x, "float32")})
+
+    return Runnable("onnx", "onnxruntime", load, path=path, threads=threads,
+                    extra=dict(extra or {}))

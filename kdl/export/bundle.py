@@ -152,7 +152,7 @@ def _normalization_dict(normalization) -> dict[str, Any] | None:
     return d
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
+def replace_dir(tmp: Path, target: Path) -> None:
     """Moves `tmp` to `target`, replacing an existing `target` all or nothing."""
     old = None
     if target.exists():
@@ -181,6 +181,7 @@ def write_bundle(
     source_run: str = "",
     reference_outputs: np.ndarray | None = None,
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes the mobile bundle directory, atomically.
 
@@ -199,6 +200,8 @@ def write_bundle(
             inputs; stored in `golden.json` and compared (max abs diff,
             top-1 agreement) into the contract for information.
         tolerances: per format overrides of `DEFAULT_TOLERANCES`.
+        metadata: more JSON-able facts for the contract's `model` section
+            (tracking run id, data fingerprint, ...).
 
     Returns:
         The bundle directory.
@@ -255,7 +258,7 @@ def write_bundle(
     contract = {
         "schema": CONTRACT_SCHEMA,
         "model": {"name": model_name, "version": str(model_version), "source_run": source_run,
-                  "task": task,
+                  "task": task, **dict(metadata or {}),
                   "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
         "labels": [str(n) for n in label_names],
         "preprocessing": {"normalization": norm},
@@ -282,7 +285,7 @@ def write_bundle(
             (tmp / name).write_bytes(content)
         (tmp / "contract.json").write_text(json.dumps(contract, indent=1), encoding="utf-8")
         (tmp / "golden.json").write_text(json.dumps(golden), encoding="utf-8")
-        _replace_dir(tmp, bundle_dir)
+        replace_dir(tmp, bundle_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -214,7 +214,7 @@ def test_failed_rewrite_keeps_the_old_bundle(good_bundle, tiny_export, tmp_path,
     def boom(tmp, target):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bundle_mod, "_replace_dir", boom)
+    monkeypatch.setattr(bundle_mod, "replace_dir", boom)
     with pytest.raises(OSError, match="disk full"):
         write_bundle(b, {"tflite_fp32": tiny_export.fp32}, tiny_export.raw[:2])
     assert {p.name: p.read_bytes() for p in b.iterdir()} == before

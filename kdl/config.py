@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,24 @@ import yaml
 
 class ConfigError(ValueError):
     """A config that cannot run. The message names the key and the fix."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; here it is a float, as users mean it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -233,7 +252,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        return path, yaml.safe_load(raw) if raw.strip() else ""
+        return path, yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
 
@@ -255,7 +274,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Experim
     if recipe is not None:
         path = recipe_path(recipe)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -331,12 +350,29 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.name in ("npz", "csv") and not d.path:
         raise ConfigError(f"data.path is required for the {d.name} dataset "
                           f"(--set data.path=<file.{d.name}>)")
-    if d.name == "csv" and not d.target:
-        raise ConfigError("data.target (the target column) is required for the csv dataset")
+    if d.name == "csv":
+        _check_csv(d.path, d.target)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
     if cfg.train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0 (got {cfg.train.learning_rate})")
+
+
+def _check_csv(path: str, target: str | None) -> None:
+    """The CSV exists and has the target column (reads the header line only)."""
+    import csv
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data.path: {str(p)!r} does not exist or is not a file")
+    with p.open(newline="") as fh:
+        header = next(csv.reader(fh), [])
+    if not target:
+        raise ConfigError(f"data.target: name the target column of {p.name}; "
+                          f"columns: {', '.join(header)}")
+    if target not in header:
+        raise ConfigError(f"data.target: column {target!r} is not in {p.name}."
+                          f"{_close(target, header)} Columns: {', '.join(header)}.")
 
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:

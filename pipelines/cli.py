@@ -79,9 +79,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import yaml
-
-    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate
+    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate, yaml_load
     from pipelines.run import Context, run_stages, summary_table
     from pipelines.tracking import Tracker
 
@@ -89,7 +87,7 @@ def cmd_export(args) -> int:
     if not (run_dir / "config.yaml").is_file():
         return _error(f"{run_dir} is not a kdl run directory (no config.yaml); "
                       "RUN= takes a directory under saved_models/<experiment>/")
-    data = to_dict(from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())))
+    data = to_dict(from_dict(yaml_load((run_dir / "config.yaml").read_text())))
     for text in args.overrides:
         merge_override(data, *parse_override(text))
     cfg = from_dict(data)
@@ -110,6 +108,8 @@ def cmd_export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from kdl.config import ConfigError
+    from kdl.data import DataError
+    from kdl.export.litert import ExportFileError
     from kdl.registry import UnknownNameError
 
     try:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return cmd_export(args)
         return cmd_run(args)
-    except (ConfigError, UnknownNameError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ExportFileError, UnknownNameError, FileNotFoundError) as e:
         return _error(str(e))
     except Exception as e:
         from pipelines.run import StageFailed

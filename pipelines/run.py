@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import yaml
 
 from kdl.config import ExperimentConfig, flatten, save_config, to_dict
 from kdl.io import atomic_write_json
@@ -50,15 +49,6 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
     return path
 
 
-def load_run_config(run_dir: Path) -> ExperimentConfig:
-    from kdl.config import from_dict
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a kdl run directory (no config.yaml)")
-    return from_dict(yaml.safe_load(path.read_text()))
-
-
 def run_stages(ctx: Context, stages: list[str], log=print) -> dict[str, dict[str, Any]]:
     """Run `stages` in order; each in its own nested MLflow run. Returns their summaries."""
     funcs = stage_functions()
@@ -74,10 +64,12 @@ def run_stages(ctx: Context, stages: list[str], log=print) -> dict[str, dict[str
     return results
 
 
-def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None,
-                 log=print) -> tuple[Path, dict[str, dict[str, Any]], Tracker]:
+def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=print,
+                 callbacks: list[keras.callbacks.Callback] = ()
+                 ) -> tuple[Path, dict[str, dict[str, Any]], Tracker]:
     """Train/export/... as the recipe says. Raises StageFailed on a failed stage.
 
+    `callbacks` are extra Keras callbacks for the train stage's `fit`.
     The run directory and everything written to it stay on failure; the MLflow
     parent run is then marked FAILED.
     """
@@ -93,7 +85,7 @@ def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None,
                                              "experiment": tracker.experiment,
                                              "backend": keras.backend.backend()})
     log(f"run directory: {run_dir}")
-    ctx = Context(cfg, run_dir, tracker)
+    ctx = Context(cfg, run_dir, tracker, {"callbacks": list(callbacks)})
     try:
         results = run_stages(ctx, stages, log)
     except BaseException:

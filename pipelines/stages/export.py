@@ -23,6 +23,7 @@ import numpy as np
 
 from kdl import training
 from kdl.data import fingerprint
+from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path, atomic_write_json
 from pipelines import mobile
 from pipelines.stages.train import load_data
@@ -60,7 +61,11 @@ def run(ctx) -> dict:
         raise FileNotFoundError(f"{run_dir} has no model.keras: run the train stage first "
                                 "(or point RUN= at a finished run directory)")
     splits = ctx.state.get("splits") or load_data(cfg)
-    model = keras.saving.load_model(model_path)
+    try:
+        model = keras.saving.load_model(model_path)
+    except Exception as e:  # a truncated zip, a missing custom object, ...
+        raise ExportFileError(f"{model_path}: cannot load this .keras file "
+                              f"({type(e).__name__}: {e}); train again or restore it") from None
     reference = training.predict(model, splits.test.x)
     n_rep = min(cfg.export.representative_samples, len(splits.train))
     representative = splits.train.x[np.random.default_rng(0).permutation(len(splits.train))[:n_rep]]

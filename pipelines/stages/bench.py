@@ -92,8 +92,8 @@ def run(ctx) -> dict:
                 metrics[metric_name(row, figure)] = float(row[figure])
     tracker.log_metrics(metrics)
     tracker.log_metrics(metrics, run_id=tracker.parent_id)
+    # The stage's own run only: MLflow appends to an existing table of the same name.
     tracker.log_table(rows, "bench/benchmark.json")
-    tracker.log_table(rows, "bench/benchmark.json", run_id=tracker.parent_id)
     tracker.log_artifact(md_path, "bench")
     tracker.log_artifact(csv_path, "bench")
 

@@ -150,5 +150,8 @@ def test_registry_alias_candidate_after_verify(tmp_path):
     assert metrics["bench/tflite_fp32/batch1_p50_ms_t1"] > 0
     assert metrics["bench/tflite_int8/size_bytes"] == (run_dir / "export" /
                                                       "model_int8.tflite").stat().st_size
-    tables = {f.path for f in client.list_artifacts(tracker.parent_id, "bench")}
-    assert "bench/benchmark.json" in tables
+    (bench_run,) = client.search_runs(
+        [client.get_run(tracker.parent_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{tracker.parent_id}' and tags.stage = 'bench'")
+    tables = {f.path for f in client.list_artifacts(bench_run.info.run_id, "bench")}
+    assert {"bench/benchmark.json", "bench/benchmark.md", "bench/benchmark.csv"} <= tables

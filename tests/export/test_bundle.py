@@ -77,6 +77,31 @@ def test_good_bundle_passes_standalone_checker(good_bundle):
     assert "PASS model_int8.tflite: 6 golden examples" in proc.stdout
 
 
+_MODULE_RUNNER = """
+import json, runpy, sys
+sys.argv = ["verify_bundle", sys.argv[1]]
+try:
+    runpy.run_module("pipelines.verify_bundle", run_name="__main__")
+    code = 0
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "kdl",
+                                                              "jax", "torch"))
+print("HEAVY=" + json.dumps(heavy))
+sys.exit(code)
+"""
+
+
+@pytest.mark.tf_only
+def test_module_entry_point_is_as_light(good_bundle):
+    """`python -m pipelines.verify_bundle` (through the pipelines package) loads no Keras/TF."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _MODULE_RUNNER, str(good_bundle)], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "HEAVY=[]" in proc.stdout and "bundle OK" in proc.stdout
+
+
 @pytest.mark.tf_only
 def test_contract_describes_the_files(good_bundle, tiny_export):
     from ai_edge_litert.interpreter import Interpreter

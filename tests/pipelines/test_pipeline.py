@@ -83,8 +83,12 @@ def test_mlflow_lineage(default_run, store):
     assert any(v.run_id == train_id for v in versions)
 
 
-def test_diverging_run_fails_and_keeps_what_it_wrote(store):
-    cfg = recipe(store, "iris_mlp", "train.epochs=3", "train.learning_rate=1e9",
+def test_diverging_run_fails_and_keeps_what_it_wrote(store, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)).astype("float32")
+    np.savez(tmp_path / "reg.npz", x=x, y=x @ rng.normal(size=5).astype("float32"))
+    cfg = recipe(store, "iris_mlp", "data.name=npz", f"data.path={tmp_path / 'reg.npz'}",
+                 "data.task=regression", "train.epochs=3", "train.learning_rate=1e9",
                  "train.optimizer=sgd", "train.schedule=constant", "train.clipnorm=null",
                  "tracking.experiment=diverge", "model.preset=tiny")
     with pytest.raises(StageFailed, match=r"training diverged: loss became \w+ at epoch 1"):

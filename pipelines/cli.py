@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override the run's config, e.g. "
                        "bench.threads=[1,4] bench.budget_s=2")
+    verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
+                            "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
+    verify.add_argument("bundle_dir", type=Path)
+    verify.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
     sub.add_parser("config", help="print the default config as YAML")
     return p
 
@@ -113,6 +117,10 @@ def cmd_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
+        from pipelines.verify_bundle import main as verify_main
+
+        return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
     from kdl.config import ConfigError
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError

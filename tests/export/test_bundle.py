@@ -79,9 +79,9 @@ def test_good_bundle_passes_standalone_checker(good_bundle):
 
 _MODULE_RUNNER = """
 import json, runpy, sys
-sys.argv = ["verify_bundle", sys.argv[1]]
+sys.argv = ["pipelines", "verify-bundle", sys.argv[1]]
 try:
-    runpy.run_module("pipelines.verify_bundle", run_name="__main__")
+    runpy.run_module("pipelines", run_name="__main__", alter_sys=True)
     code = 0
 except SystemExit as e:
     code = e.code
@@ -93,8 +93,8 @@ sys.exit(code)
 
 
 @pytest.mark.tf_only
-def test_module_entry_point_is_as_light(good_bundle):
-    """`python -m pipelines.verify_bundle` (through the pipelines package) loads no Keras/TF."""
+def test_cli_entry_point_is_as_light(good_bundle):
+    """`python -m pipelines verify-bundle <dir>` (through the CLI) loads no Keras/TF."""
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", _MODULE_RUNNER, str(good_bundle)], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=120)

@@ -98,6 +98,19 @@ class ExportConfig:
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     allow_flex_ops: bool = False  # allow SELECT_TF_OPS (TensorFlow ops) in .tflite files
     representative_samples: int = 200  # full-int8 calibration examples (training split)
+    # The mobile bundle (<run>/bundle/): which .tflite formats go in (None: every exported
+    # tflite_* format), how many golden examples (from the test split) it carries.
+    bundle: list[str] | None = None
+    golden_examples: int = 8
+
+
+@dataclass
+class BenchConfig:
+    threads: list[int] = field(default_factory=lambda: [1, 2])  # LiteRT (XNNPACK) threads
+    budget_s: float = 1.0  # timed seconds per row at batch 1 (more while the median drifts)
+    min_reps: int = 30  # timed calls per row at least
+    batch: int = 32  # throughput batch size; 0 skips throughput
+    throughput_budget_s: float = 0.5
 
 
 @dataclass
@@ -109,18 +122,19 @@ class TrackingConfig:
     model_name: str | None = None  # registry name; default "kdl-<experiment>"
 
 
-STAGES = ("train", "export")
+STAGES = ("train", "export", "bench")
 
 
 @dataclass
 class ExperimentConfig:
     name: str = "digits_cnn"
     output_dir: str = "saved_models"
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: ["train", "export"])  # + "bench"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -313,6 +327,19 @@ def validate(cfg: ExperimentConfig) -> None:
             if k not in allowed:
                 raise ConfigError(f"export.thresholds.{fmt}: unknown key {k!r}."
                                   f"{_close(k, allowed)} Allowed: {', '.join(allowed)}.")
+    for i, fmt in enumerate(cfg.export.bundle or []):
+        if fmt not in cfg.export.formats or not fmt.startswith("tflite"):
+            tflite = [f for f in cfg.export.formats if f.startswith("tflite")]
+            raise ConfigError(f"export.bundle[{i}]: {fmt!r} is not an exported .tflite format; "
+                              f"choose from export.formats: {', '.join(tflite) or 'none'}")
+    if cfg.export.golden_examples < 1:
+        raise ConfigError(f"export.golden_examples must be >= 1 (got {cfg.export.golden_examples})")
+    b = cfg.bench
+    if not b.threads or any(t < 1 for t in b.threads):
+        raise ConfigError(f"bench.threads must list thread counts >= 1 (got {b.threads})")
+    if b.budget_s <= 0 or b.throughput_budget_s <= 0 or b.min_reps < 2 or b.batch < 0:
+        raise ConfigError("bench: budget_s and throughput_budget_s must be > 0, min_reps >= 2, "
+                          "batch >= 0 (0 skips throughput)")
     d = cfg.data
     if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1
             and d.val_fraction + d.test_fraction < 1):

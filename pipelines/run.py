@@ -30,9 +30,9 @@ class Context:
 
 
 def stage_functions():
-    from pipelines.stages import export, train
+    from pipelines.stages import bench, export, train
 
-    return {"train": train.run, "export": export.run}
+    return {"train": train.run, "export": export.run, "bench": bench.run}
 
 
 def output_root(cfg: ExperimentConfig) -> Path:

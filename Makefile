@@ -12,7 +12,7 @@ PORT ?= 5000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run train export test test-slow lint ui bench clean
+.PHONY: help venv run train export test test-slow lint ui bench verify-bundle clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,8 +55,13 @@ ui: venv ## the MLflow UI over the project's store, on http://127.0.0.1:$(PORT)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
 
-bench: venv ## train-stage overhead vs bare model.fit, per backend
-	@for b in $(BACKENDS); do KERAS_BACKEND=$$b $(PY) -m benchmarks.train_overhead; done
+bench: venv ## benchmark a run's exports: make bench RUN=<run dir>; no RUN: train-stage overhead
+	@if [ -n "$(RUN)" ]; then KERAS_BACKEND=$(BACKEND) $(PY) -m pipelines bench $(RUN); \
+	else for b in $(BACKENDS); do KERAS_BACKEND=$$b $(PY) -m benchmarks.train_overhead; done; fi
+
+verify-bundle: venv ## replay a bundle's golden vectors as an app would: make verify-bundle RUN=<run dir>
+	@test -n "$(RUN)" || { echo "usage: make verify-bundle RUN=saved_models/<experiment>/<run>"; exit 2; }
+	$(PY) -m pipelines verify-bundle $(RUN)/bundle
 
 clean: ## remove caches (never saved models or the MLflow store)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print -exec rm -rf {} +

@@ -50,7 +50,8 @@ def run(ctx) -> dict:
                         "train_examples": len(splits.train)})
 
     result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
-                          callbacks=[tracker.keras_callback("train/")])
+                          callbacks=[tracker.keras_callback("train/"),
+                                     *ctx.state.get("callbacks", [])])
     atomic_write_json(run_dir / "history.json", result.history)
     if result.history.get("loss"):
         plots.training_curves(result.history, run_dir / "training_curves.png")

@@ -228,7 +228,7 @@ def run(ctx) -> dict:
     atomic_write_json(comp / "report.json", {"rows": rows, "targets": targets, "notes": notes,
                                              "representative": rep_info, "metric": metric})
     final = next(r for r in rows if r["variant"] == variants[-1]["variant"])
-    ctx.state["compressed_tflite"] = str(comp / variants[-1].get("file", ""))
+    ctx.state["compressed_tflite"] = str(variants[-1].get("tflite") or comp / variants[-1]["file"])
     metrics = {}
     for r in rows:
         key = r["variant"].replace(" ", "_").replace("(", "").replace(")", "")

@@ -53,14 +53,24 @@ def failure_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The model export ships: the most compressed Keras model the run has (the
+# quantize stage's QAT model, else the prune stage's pruned one, else the trained one).
+SOURCES = ("compressed/model_qat.keras", "compressed/model_pruned.keras", "model.keras")
+
+
+def source_model(run_dir: Path) -> Path:
+    if not (run_dir / "model.keras").is_file():
+        raise FileNotFoundError(f"{run_dir} has no model.keras: run the train stage first "
+                                "(or point RUN= at a finished run directory)")
+    return next(run_dir / p for p in SOURCES if (run_dir / p).is_file())
+
+
 def run(ctx) -> dict:
     from pipelines.run import StageFailed
 
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
-    model_path = run_dir / "model.keras"
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no model.keras: run the train stage first "
-                                "(or point RUN= at a finished run directory)")
+    model_path = source_model(run_dir)
+    tracker.set_tags({"export_source": str(model_path.relative_to(run_dir))})
     splits = ctx.state.get("splits") or load_data(cfg)
     try:
         model = float32_model(keras.saving.load_model(model_path))
@@ -99,7 +109,7 @@ def run(ctx) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     ctx.state["export_dir"] = run_dir / "export"
     tracker.log_artifact(run_dir / "export" / "report.json", "export")
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"source": str(model_path.relative_to(run_dir))}
     try:  # the mobile bundle: written, replayed by the standalone checker, registered
         bundle = mobile.write_and_verify_bundle(ctx, splits, reference, report)
     except mobile.BundleVerificationError as e:

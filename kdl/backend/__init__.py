@@ -1,0 +1,1 @@
+"""The only place with per-backend code (gradients, compilation, devices)."""

@@ -1,8 +1,8 @@
-"""Learning-rate schedules by name (`SCHEDULES`), all serializable and jit-safe.
+"""Learning-rate schedules, registered in `SCHEDULES` by name.
 
-Each is a `keras.optimizers.schedules.LearningRateSchedule` written with
-`keras.ops` only and no Python branching on tensors, so it runs inside a
-jitted train step on every backend.
+Each is a serializable `keras.optimizers.schedules.LearningRateSchedule`
+written with `keras.ops` only and no Python branching on tensors (safe under
+jit and graph tracing).
 """
 
 from kdl.schedules.cosine import CosineDecay
@@ -12,6 +12,7 @@ from kdl.schedules.noam import NoamSchedule
 from kdl.schedules.one_cycle import OneCycle
 from kdl.schedules.plot import plot_schedule, schedule_values
 from kdl.schedules.step import StepDecay
+from kdl.schedules.warmup_cosine import WarmupCosine
 
 __all__ = [
     "CosineDecay",
@@ -20,6 +21,7 @@ __all__ = [
     "NoamSchedule",
     "OneCycle",
     "StepDecay",
+    "WarmupCosine",
     "plot_schedule",
     "schedule_values",
 ]

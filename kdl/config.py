@@ -69,6 +69,13 @@ class TrainConfig:
     seed: int = 42
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     verbose: Literal["auto", 0, 1, 2] = "auto"
+    # The toolkit (docs/training.md).
+    ema_momentum: float | None = None  # keep an EMA of the weights; fit ends on it
+    accumulation_steps: int | None = None  # apply the mean gradient of N batches
+    grad_stats_every: int | None = None  # log per-layer gradient norms every N steps
+    checkpoint: bool = False  # resumable checkpoints each epoch (`run --resume <run_dir>`)
+    checkpoint_every_steps: int | None = None  # ... and every N steps
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # CALLBACKS name: params
 
 
 @dataclass
@@ -278,6 +285,16 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"Available: {', '.join(presets)}.")
     if cfg.train.schedule != "constant":
         _check_name(SCHEDULES, cfg.train.schedule, "train.schedule")
+    import kdl.callbacks  # noqa: F401  (registers callbacks)
+    from kdl.registry import CALLBACKS
+
+    for name in cfg.train.callbacks:
+        _check_name(CALLBACKS, name, "train.callbacks")
+    if "reduce_lr_on_plateau" in cfg.train.callbacks and cfg.train.schedule != "constant":
+        raise ConfigError("train.callbacks.reduce_lr_on_plateau sets the learning rate, which "
+                          f"schedule {cfg.train.schedule!r} owns: set train.schedule=constant")
+    if cfg.train.checkpoint_every_steps is not None and not cfg.train.checkpoint:
+        raise ConfigError("train.checkpoint_every_steps needs train.checkpoint=true")
     for i, stage in enumerate(cfg.stages):
         if stage not in STAGES:
             raise ConfigError(f"stages[{i}]: unknown stage {stage!r}.{_close(stage, STAGES)} "

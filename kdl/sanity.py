@@ -53,10 +53,14 @@ def overfit_one_batch(model: keras.Model, x, y, *, batch_size: int = 16, steps: 
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-    initial = float(clone.evaluate(bx, by, batch_size=len(bx), verbose=0))
+    def batch_loss() -> float:
+        return float(clone.evaluate(bx, by, batch_size=len(bx), verbose=0,
+                                    return_dict=True)["loss"])
+
+    initial = batch_loss()
     reps = np.zeros(steps * len(bx), dtype="int64") + np.tile(np.arange(len(bx)), steps)
     clone.fit(bx[reps], by[reps], batch_size=len(bx), epochs=1, shuffle=False, verbose=0)
-    final = float(clone.evaluate(bx, by, batch_size=len(bx), verbose=0))
+    final = batch_loss()
     result = SanityResult(initial, final, steps, bool(np.isfinite(final) and final <= tolerance))
     if not result.passed and raise_on_failure:
         raise SanityCheckFailed(

@@ -5,6 +5,7 @@ written with `keras.ops` only and no Python branching on tensors (safe under
 jit and graph tracing).
 """
 
+from kdl.schedules.build import build_schedule
 from kdl.schedules.cosine import CosineDecay
 from kdl.schedules.cosine_restarts import CosineWarmRestarts
 from kdl.schedules.exponential import ExponentialDecay
@@ -22,6 +23,7 @@ __all__ = [
     "OneCycle",
     "StepDecay",
     "WarmupCosine",
+    "build_schedule",
     "plot_schedule",
     "schedule_values",
 ]

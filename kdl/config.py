@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,24 @@ import yaml
 
 class ConfigError(ValueError):
     """A config that cannot run. The message names the key and the fix."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; here it is a float, as users mean it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -86,6 +105,19 @@ class ExportConfig:
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     allow_flex_ops: bool = False  # allow SELECT_TF_OPS (TensorFlow ops) in .tflite files
     representative_samples: int = 200  # full-int8 calibration examples (training split)
+    # The mobile bundle (<run>/bundle/): which .tflite formats go in (None: every exported
+    # tflite_* format), how many golden examples (from the test split) it carries.
+    bundle: list[str] | None = None
+    golden_examples: int = 8
+
+
+@dataclass
+class BenchConfig:
+    threads: list[int] = field(default_factory=lambda: [1, 2])  # LiteRT (XNNPACK) threads
+    budget_s: float = 1.0  # timed seconds per row at batch 1 (more while the median drifts)
+    min_reps: int = 30  # timed calls per row at least
+    batch: int = 32  # throughput batch size; 0 skips throughput
+    throughput_budget_s: float = 0.5
 
 
 @dataclass
@@ -97,18 +129,19 @@ class TrackingConfig:
     model_name: str | None = None  # registry name; default "kdl-<experiment>"
 
 
-STAGES = ("train", "export")
+STAGES = ("train", "export", "bench")
 
 
 @dataclass
 class ExperimentConfig:
     name: str = "digits_cnn"
     output_dir: str = "saved_models"
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: ["train", "export"])  # + "bench"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -226,7 +259,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        return path, yaml.safe_load(raw) if raw.strip() else ""
+        return path, yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
 
@@ -248,7 +281,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Experim
     if recipe is not None:
         path = recipe_path(recipe)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -311,6 +344,19 @@ def validate(cfg: ExperimentConfig) -> None:
             if k not in allowed:
                 raise ConfigError(f"export.thresholds.{fmt}: unknown key {k!r}."
                                   f"{_close(k, allowed)} Allowed: {', '.join(allowed)}.")
+    for i, fmt in enumerate(cfg.export.bundle or []):
+        if fmt not in cfg.export.formats or not fmt.startswith("tflite"):
+            tflite = [f for f in cfg.export.formats if f.startswith("tflite")]
+            raise ConfigError(f"export.bundle[{i}]: {fmt!r} is not an exported .tflite format; "
+                              f"choose from export.formats: {', '.join(tflite) or 'none'}")
+    if cfg.export.golden_examples < 1:
+        raise ConfigError(f"export.golden_examples must be >= 1 (got {cfg.export.golden_examples})")
+    b = cfg.bench
+    if not b.threads or any(t < 1 for t in b.threads):
+        raise ConfigError(f"bench.threads must list thread counts >= 1 (got {b.threads})")
+    if b.budget_s <= 0 or b.throughput_budget_s <= 0 or b.min_reps < 2 or b.batch < 0:
+        raise ConfigError("bench: budget_s and throughput_budget_s must be > 0, min_reps >= 2, "
+                          "batch >= 0 (0 skips throughput)")
     d = cfg.data
     if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1
             and d.val_fraction + d.test_fraction < 1):
@@ -321,12 +367,29 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.name in ("npz", "csv") and not d.path:
         raise ConfigError(f"data.path is required for the {d.name} dataset "
                           f"(--set data.path=<file.{d.name}>)")
-    if d.name == "csv" and not d.target:
-        raise ConfigError("data.target (the target column) is required for the csv dataset")
+    if d.name == "csv":
+        _check_csv(d.path, d.target)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
     if cfg.train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0 (got {cfg.train.learning_rate})")
+
+
+def _check_csv(path: str, target: str | None) -> None:
+    """The CSV exists and has the target column (reads the header line only)."""
+    import csv
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data.path: {str(p)!r} does not exist or is not a file")
+    with p.open(newline="") as fh:
+        header = next(csv.reader(fh), [])
+    if not target:
+        raise ConfigError(f"data.target: name the target column of {p.name}; "
+                          f"columns: {', '.join(header)}")
+    if target not in header:
+        raise ConfigError(f"data.target: column {target!r} is not in {p.name}."
+                          f"{_close(target, header)} Columns: {', '.join(header)}.")
 
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:

@@ -42,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override the run's config, e.g. "
                         "export.formats=[tflite_fp32,tflite_int8]")
+    bench = sub.add_parser("bench", help="benchmark the exported files of an earlier run "
+                           "directory (latency, throughput, size, memory)")
+    bench.add_argument("run_dir", type=Path)
+    bench.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override the run's config, e.g. "
+                       "bench.threads=[1,4] bench.budget_s=2")
+    verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
+                            "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
+    verify.add_argument("bundle_dir", type=Path)
+    verify.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
     sub.add_parser("config", help="print the default config as YAML")
     return p
 
@@ -104,9 +114,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import yaml
-
-    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate
+    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate, yaml_load
     from pipelines.run import Context, run_stages, summary_table
     from pipelines.tracking import Tracker
 
@@ -114,7 +122,7 @@ def cmd_export(args) -> int:
     if not (run_dir / "config.yaml").is_file():
         return _error(f"{run_dir} is not a kdl run directory (no config.yaml); "
                       "RUN= takes a directory under saved_models/<experiment>/")
-    data = to_dict(from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())))
+    data = to_dict(from_dict(yaml_load((run_dir / "config.yaml").read_text())))
     for text in args.overrides:
         merge_override(data, *parse_override(text))
     cfg = from_dict(data)
@@ -127,14 +135,20 @@ def cmd_export(args) -> int:
 
         parent = json.loads(run_info.read_text()).get("mlflow_run_id")
     tracker.start(run_dir.name, {}, parent_id=parent)
-    results = run_stages(Context(cfg, run_dir, tracker), ["export"])
+    results = run_stages(Context(cfg, run_dir, tracker), [args.command])  # export | bench
     print(summary_table(run_dir, results, tracker))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
+        from pipelines.verify_bundle import main as verify_main
+
+        return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
     from kdl.config import ConfigError
+    from kdl.data import DataError
+    from kdl.export.litert import ExportFileError
     from kdl.registry import UnknownNameError
 
     try:
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(to_dict(ExperimentConfig()), sort_keys=False))
             return 0
-        if args.command == "export":
+        if args.command in ("export", "bench"):
             return cmd_export(args)
         if args.command == "lr-find":
             from kdl.config import load_config
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                             max_lr=args.max_lr, num_steps=args.steps)
             return 0
         return cmd_run(args)
-    except (ConfigError, UnknownNameError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ExportFileError, UnknownNameError, FileNotFoundError) as e:
         return _error(str(e))
     except Exception as e:
         from pipelines.run import StageFailed

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import yaml
 
 from kdl.config import ExperimentConfig, flatten, save_config, to_dict
 from kdl.io import atomic_write_json
@@ -31,9 +30,9 @@ class Context:
 
 
 def stage_functions():
-    from pipelines.stages import export, train
+    from pipelines.stages import bench, export, train
 
-    return {"train": train.run, "export": export.run}
+    return {"train": train.run, "export": export.run, "bench": bench.run}
 
 
 def output_root(cfg: ExperimentConfig) -> Path:
@@ -48,15 +47,6 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
     path = output_root(cfg) / (cfg.tracking.experiment or cfg.name) / name
     path.mkdir(parents=True, exist_ok=False)
     return path
-
-
-def load_run_config(run_dir: Path) -> ExperimentConfig:
-    from kdl.config import from_dict
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a kdl run directory (no config.yaml)")
-    return from_dict(yaml.safe_load(path.read_text()))
 
 
 def run_stages(ctx: Context, stages: list[str], log=print) -> dict[str, dict[str, Any]]:
@@ -74,10 +64,12 @@ def run_stages(ctx: Context, stages: list[str], log=print) -> dict[str, dict[str
     return results
 
 
-def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None,
-                 log=print) -> tuple[Path, dict[str, dict[str, Any]], Tracker]:
+def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=print,
+                 callbacks: list[keras.callbacks.Callback] = ()
+                 ) -> tuple[Path, dict[str, dict[str, Any]], Tracker]:
     """Train/export/... as the recipe says. Raises StageFailed on a failed stage.
 
+    `callbacks` are extra Keras callbacks for the train stage's `fit`.
     The run directory and everything written to it stay on failure; the MLflow
     parent run is then marked FAILED.
     """
@@ -93,7 +85,7 @@ def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None,
                                              "experiment": tracker.experiment,
                                              "backend": keras.backend.backend()})
     log(f"run directory: {run_dir}")
-    ctx = Context(cfg, run_dir, tracker)
+    ctx = Context(cfg, run_dir, tracker, {"callbacks": list(callbacks)})
     try:
         results = run_stages(ctx, stages, log)
     except BaseException:
@@ -111,7 +103,8 @@ def summary_table(run_dir: Path, results: dict[str, dict[str, Any]], tracker: Tr
     rows = [(stage, k, _fmt(v)) for stage, r in results.items() for k, v in r.items()
             if isinstance(v, int | float | str)]
     rows += [("run", "directory", str(run_dir)),
-             ("run", "mlflow run id", tracker.parent_id or f"(not tracked: {tracker.error})"),
+             ("run", "mlflow run id", tracker.parent_id or
+              (f"(not tracked: {tracker.error})" if tracker.error else "(tracking disabled)")),
              ("run", "mlflow store", tracker.uri)]
     w1 = max(len(r[0]) for r in rows)
     w2 = max(len(r[1]) for r in rows)

@@ -20,7 +20,7 @@ from typing import Any
 
 # Fail fast when a tracking server is down, instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import keras  # noqa: E402
@@ -189,6 +189,16 @@ class Tracker:
             return
         fn = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
         self._safe(f"log artifact {path.name}", fn, self.run_id, str(path), artifact_path)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str,
+                  run_id: str | None = None) -> None:
+        """Log rows (dicts with the same keys) as an MLflow table (`mlflow.log_table`)."""
+        run_id = run_id or self.run_id
+        if not run_id or not rows:
+            return
+        columns = {k: [r.get(k) for r in rows] for k in rows[0]}
+        self._safe(f"log table {artifact_file}", self.client.log_table, run_id, columns,
+                   artifact_file)
 
     def log_keras_model(self, model: keras.Model, example: Any, registered_name: str | None):
         """Log the model with an input/output signature; register it if a name is given.

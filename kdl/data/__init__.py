@@ -7,6 +7,7 @@ and computes normalization statistics on the training split only.
 
 from kdl.data import sources  # noqa: F401  (registers the built-in datasets)
 from kdl.data.core import (
+    DataError,
     DataSplits,
     Normalizer,
     RawData,
@@ -17,6 +18,7 @@ from kdl.data.core import (
 )
 
 __all__ = [
+    "DataError",
     "DataSplits",
     "Normalizer",
     "RawData",

@@ -6,9 +6,9 @@ it. `litert.LiteRTRunner` runs a `.tflite` the way an app does;
 Conversion needs TensorFlow: call these in a `KERAS_BACKEND=tensorflow` process.
 """
 
-from kdl.export.formats import FORMATS, ExportError, Format, export, load_runner
+from kdl.export.formats import FORMATS, ExportError, Format, export, float32_model, load_runner
 from kdl.export.litert import LiteRTRunner
 from kdl.export.parity import ParityError, compare
 
 __all__ = ["FORMATS", "ExportError", "Format", "LiteRTRunner", "ParityError", "compare",
-           "export", "load_runner"]
+           "export", "float32_model", "load_runner"]

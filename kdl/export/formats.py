@@ -50,6 +50,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("tflite_int8", "model_int8.tflite", "litert",
            "TFLite, full integer: int8 weights, activations, input and output",
            ("allow_flex_ops", "representative", "float_io"), QUANTIZED),
+    Format("onnx", "model.onnx", "onnxruntime",
+           "ONNX (tf2onnx from the TensorFlow backend), run back in onnxruntime",
+           ("opset_version",), FP32),
 ]}
 
 
@@ -64,6 +67,33 @@ def _check_options(fmt: Format, options: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- converters
 
 
+def _float32_config(node: Any) -> Any:
+    """A model config with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy" and isinstance(node.get("config"), dict):
+            name = node["config"].get("name", "")
+            if name.startswith("mixed_"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_float32_config(v) for v in node]
+    return node
+
+
+def float32_model(model):
+    """The same model computing in float32 (a no-op for a float32 model).
+
+    A model trained under a mixed policy keeps float32 variables but computes in
+    bfloat16/float16, which TFLite builtins do not run. Export and its reference
+    outputs use this float32 twin, with the very same weights.
+    """
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
+    twin = model.__class__.from_config(_float32_config(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def _export_keras(model, path: Path, **_):
     model.save(path)
 
@@ -72,8 +102,17 @@ def _export_saved_model(model, path: Path, **_):
     model.export(str(path), format="tf_saved_model", verbose=False)
 
 
+def _listed_ops(message: str, heading: str) -> list[str]:
+    """Op names from the converter's "<heading>: A, B" summary lines."""
+    lines = re.findall(rf"{heading}: ([^\n]+)", message)
+    return sorted({op.strip() for line in lines for op in line.split(",") if op.strip()})
+
+
 def _flex_ops(message: str) -> list[str]:
-    ops = set(re.findall(r"tf\.(\w+)", message)) | set(re.findall(r"Flex(\w+)", message))
+    listed = _listed_ops(message, "TF Select ops")
+    if listed:
+        return listed
+    ops = set(re.findall(r'"tf\.(\w+)"', message)) | set(re.findall(r"Flex(\w+)", message))
     return sorted(ops)
 
 
@@ -92,6 +131,12 @@ def _convert_tflite(saved_model: Path, path: Path, *, allow_flex_ops: bool = Fal
         data = converter.convert()
     except Exception as e:  # the converter raises ConverterError and plain exceptions
         text = str(e)
+        custom = _listed_ops(text, "Custom ops")
+        if custom:
+            raise ExportError(
+                f"{path.name}: the model uses TensorFlow ops that TFLite has no kernel for, "
+                f"not even with Flex ops ({', '.join(custom)}). Replace those layers."
+            ) from None
         if not allow_flex_ops and ("Flex" in text or "select TF ops" in text.lower()
                                    or "not supported by the native" in text):
             ops = _flex_ops(text)
@@ -153,6 +198,25 @@ def _tflite_int8(model, path, *, saved_model, representative=None, float_io=Fals
     _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup)
 
 
+ONNX_PACKAGES = "pip install onnx==1.23.2 onnxruntime==1.31.1 tf2onnx==1.17.0"
+
+
+def _export_onnx(model, path: Path, *, opset_version: int | None = None, **_):
+    import importlib.util
+
+    missing = [m for m in ("onnx", "tf2onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"the onnx format needs {', '.join(missing)}: {ONNX_PACKAGES}")
+    if not getattr(model, "_called", True):  # Keras refuses a model that has never run
+        import keras
+
+        model(keras.ops.zeros((1, *model.inputs[0].shape[1:]), model.inputs[0].dtype))
+    try:
+        model.export(str(path), format="onnx", verbose=False, opset_version=opset_version)
+    except Exception as e:  # tf2onnx raises plain exceptions for unsupported ops
+        raise ExportError(f"{path.name}: ONNX conversion failed: {str(e)[-2000:]}") from None
+
+
 EXPORTERS: dict[str, Callable] = {
     "keras": _export_keras,
     "saved_model": _export_saved_model,
@@ -160,6 +224,7 @@ EXPORTERS: dict[str, Callable] = {
     "tflite_dynamic": _tflite_dynamic,
     "tflite_fp16": _tflite_fp16,
     "tflite_int8": _tflite_int8,
+    "onnx": _export_onnx,
 }
 
 
@@ -179,6 +244,7 @@ def export(model, out_dir: Path | str, formats: list[str],
         raise ExportError("export needs the TensorFlow backend: run it in a process with "
                           "KERAS_BACKEND=tensorflow (pipelines do this for you)")
     out_dir = Path(out_dir)
+    model = float32_model(model)
     options = options or {}
     unknown = [f for f in list(formats) + list(options) if f not in FORMATS]
     if unknown:
@@ -217,6 +283,7 @@ def _run_keras(path: Path):
         model = keras.saving.load_model(path)
     except Exception as e:  # zip errors, missing config, ...
         raise ExportFileError(f"{path}: cannot load this .keras file ({e})") from None
+    model = float32_model(model)
     return lambda x: np.asarray(model.predict(x, batch_size=256, verbose=0), "float32")
 
 
@@ -234,12 +301,36 @@ def _run_saved_model(path: Path):
     return run
 
 
+def _run_onnx(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ExportError(f"running .onnx files needs onnxruntime: {ONNX_PACKAGES}") from e
+    if not path.is_file():
+        raise ExportFileError(f"{path}: no such .onnx file")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf errors
+        raise ExportFileError(f"{path}: onnxruntime cannot load it ({str(e).strip()[:300]}); "
+                              "the file is corrupt or truncated: export it again") from None
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        outs = [session.run(None, {name: np.asarray(x[i:i + 256], "float32")})[0]
+                for i in range(0, len(x), 256)]
+        return np.concatenate([np.asarray(o, "float32") for o in outs])
+
+    return run
+
+
 def load_runner(fmt: str, path: Path | str) -> Callable[[np.ndarray], np.ndarray]:
     """A float-in, float-out callable over an exported file, by format."""
     runtime = FORMATS[fmt].runtime
     path = Path(path)
     if runtime == "litert":
         return LiteRTRunner(path).predict
+    if runtime == "onnxruntime":
+        return _run_onnx(path)
     if runtime == "saved_model":
         return _run_saved_model(path)
     return _run_keras(path)

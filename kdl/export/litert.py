@@ -25,8 +25,11 @@ def check_tflite_file(path: Path | str) -> Path:
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Float -> integer as TFLite does: round half away from zero, then clamp."""
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    v = x / scale
+    rounded = np.sign(v) * np.floor(np.abs(v) + 0.5) + zero_point
+    return np.clip(rounded, info.min, info.max).astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

@@ -23,7 +23,10 @@ import numpy as np
 
 from kdl import training
 from kdl.data import fingerprint
+from kdl.export import float32_model
+from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path, atomic_write_json
+from pipelines import mobile
 from pipelines.stages.train import load_data
 
 
@@ -59,7 +62,11 @@ def run(ctx) -> dict:
         raise FileNotFoundError(f"{run_dir} has no model.keras: run the train stage first "
                                 "(or point RUN= at a finished run directory)")
     splits = ctx.state.get("splits") or load_data(cfg)
-    model = keras.saving.load_model(model_path)
+    try:
+        model = float32_model(keras.saving.load_model(model_path))
+    except Exception as e:  # a truncated zip, a missing custom object, ...
+        raise ExportFileError(f"{model_path}: cannot load this .keras file "
+                              f"({type(e).__name__}: {e}); train again or restore it") from None
     reference = training.predict(model, splits.test.x)
     n_rep = min(cfg.export.representative_samples, len(splits.train))
     representative = splits.train.x[np.random.default_rng(0).permutation(len(splits.train))[:n_rep]]
@@ -93,6 +100,16 @@ def run(ctx) -> dict:
     ctx.state["export_dir"] = run_dir / "export"
     tracker.log_artifact(run_dir / "export" / "report.json", "export")
     summary: dict[str, Any] = {}
+    try:  # the mobile bundle: written, replayed by the standalone checker, registered
+        bundle = mobile.write_and_verify_bundle(ctx, splits, reference, report)
+    except mobile.BundleVerificationError as e:
+        raise StageFailed(str(e)) from None
+    if bundle:
+        summary.update(bundle_files=bundle["bundle_files"], bundle=str(bundle["bundle_dir"]))
+        version = mobile.register_candidate(tracker, cfg, run_dir, bundle["bundle_dir"],
+                                            mobile.bundle_formats(cfg, report))
+        if version is not None:
+            summary["candidate"] = version
     for fmt, r in report["formats"].items():
         summary[f"{fmt}_max_abs_diff"] = r["max_abs_diff"]
         summary[f"{fmt}_bytes"] = r["size_bytes"]

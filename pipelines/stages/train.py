@@ -49,7 +49,8 @@ def run(ctx) -> dict:
     tracker.log_params({"precision_policy": policy, "params": model.count_params(),
                         "train_examples": len(splits.train)})
 
-    callbacks = [tracker.keras_callback("train/"), *toolkit.train_callbacks(ctx, splits)]
+    callbacks = [tracker.keras_callback("train/"), *ctx.state.get("callbacks", []),
+                 *toolkit.train_callbacks(ctx, splits)]
     toolkit.log_schedule_plot(ctx, model, cfg.train.epochs * steps)
     result = training.fit(model, splits, cfg.train, cfg.data.batch_size, callbacks=callbacks,
                           checkpoint_dir=toolkit.checkpoint_dir(ctx))

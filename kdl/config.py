@@ -129,6 +129,23 @@ class TrackingConfig:
     model_name: str | None = None  # registry name; default "kdl-<experiment>"
 
 
+@dataclass
+class TuneConfig:
+    """`pipelines tune`: an Optuna search over dotted config keys (docs/training.md)."""
+
+    trials: int = 20  # trials run by this process (several processes share one storage)
+    metric: str = "val_loss"  # an epoch metric of training, reported for pruning
+    direction: Literal["minimize", "maximize"] = "minimize"
+    # {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 0.1, "log": true},
+    #  "data.batch_size": {"type": "categorical", "choices": [16, 32, 64]}, ...}
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    storage: str | None = None  # Optuna RDB URL; default sqlite in <output_dir>/<name>/
+    study_name: str | None = None  # default "<name>-tune"
+    pruner_warmup_epochs: int = 2  # median pruning starts after this many epochs
+    pruner_startup_trials: int = 2  # ... and after this many complete trials
+    seed: int = 0  # the sampler's seed
+
+
 STAGES = ("train", "export", "bench")
 
 
@@ -143,6 +160,7 @@ class ExperimentConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     lrf.add_argument("--min-lr", type=float, default=1e-6)
     lrf.add_argument("--max-lr", type=float, default=1.0)
     lrf.add_argument("--steps", type=int, default=100)
+    tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
+    tun.add_argument("recipe")
+    tun.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value, e.g. tune.trials=8")
     sub.add_parser("list", help="list recipes, models, datasets, schedules and formats")
     export = sub.add_parser("export", help="export and verify an earlier run directory")
     export.add_argument("run_dir", type=Path)
@@ -163,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("export", "bench"):
             return cmd_export(args)
+        if args.command == "tune":
+            from kdl.config import load_config
+            from pipelines.tune import tune
+
+            tune(load_config(args.recipe, args.overrides))
+            return 0
         if args.command == "lr-find":
             from kdl.config import load_config
             from pipelines import toolkit

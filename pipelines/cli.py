@@ -92,9 +92,11 @@ def cmd_run(args) -> int:
     from pipelines.run import run_pipeline, summary_table
 
     if args.resume is not None:
-        if args.recipe or args.overrides or args.stages:
-            return _error("--resume takes only the run directory (its config is reused)")
-        run_dir, results, tracker = toolkit.resume(args.resume)
+        if args.recipe or args.overrides:
+            return _error("--resume takes the run directory, not a recipe or --set "
+                          "(the run's config is reused)")
+        run_dir, results, tracker = toolkit.resume(
+            args.resume, args.stages.split(",") if args.stages else None)
         print()
         print(summary_table(run_dir, results, tracker))
         return 0

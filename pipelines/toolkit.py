@@ -116,13 +116,24 @@ def lr_find(cfg: ExperimentConfig, out_dir: Path | None = None, *, min_lr: float
     return {"suggestion": result.suggestion, "dir": str(out_dir)}
 
 
-def resume(run_dir: Path, log=print):
-    """Continue an interrupted run in its own directory from its latest checkpoint."""
-    from pipelines.run import Context, load_run_config, run_stages
+def resume(run_dir: Path, stages: list[str] | None = None, log=print):
+    """Continue an interrupted run in its own directory from its latest checkpoint.
+
+    Runs `stages` (default: the run's configured stages) again; the train stage
+    continues from `checkpoints/latest`.
+    """
+    from kdl.config import from_dict, validate, yaml_load
+    from pipelines.run import Context, run_stages
     from pipelines.tracking import Tracker
 
     run_dir = Path(run_dir).resolve()
-    cfg = load_run_config(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a kdl run directory (no config.yaml)")
+    cfg = from_dict(yaml_load((run_dir / "config.yaml").read_text()))
+    validate(cfg)
+    stages = stages or cfg.stages
+    if "train" in stages:  # fail before any work when there is nothing to resume from
+        checkpoint_dir(Context(cfg, run_dir, None, state={"resume": True}))
     tracker = Tracker(cfg.tracking, cfg.name)
     parent = None
     if (run_dir / "run.json").is_file():
@@ -131,7 +142,7 @@ def resume(run_dir: Path, log=print):
     log(f"resuming {run_dir}")
     try:
         results = run_stages(Context(cfg, run_dir, tracker, state={"resume": True}),
-                             cfg.stages, log)
+                             stages, log)
     except BaseException:
         tracker.end("FAILED")
         raise

@@ -7,9 +7,10 @@ import keras
 import numpy as np
 import pytest
 
+from kdl.config import load_config, save_config
 from pipelines.cli import main
 
-COMMON = ["--set", "tracking.enabled=false", "--stages", "train"]
+COMMON = ["--set", "tracking.enabled=false", "--set", "train.verbose=0", "--stages", "train"]
 
 
 def _run_dir(root: Path) -> Path:
@@ -41,21 +42,23 @@ def test_run_with_toolkit_then_resume_gives_the_same_model(tmp_path, capsys):
     shutil.rmtree(copy / "checkpoints" / ckpts[-1])
     (copy / "checkpoints" / "latest").write_text(ckpts[0] + "\n")
     (copy / "model.keras").unlink()
-    assert main(["run", "--resume", str(copy)]) == 0
+    assert main(["run", "--resume", str(copy), "--stages", "train"]) == 0
     for a, b in zip(_weights(copy / "model.keras"), _weights(run / "model.keras"), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_resume_refuses_a_run_without_checkpoints(tmp_path, capsys):
-    out = tmp_path / "out"
-    assert main(["run", "iris_mlp", *COMMON, "--set", f"output_dir={out}",
-                 "--set", "train.epochs=1"]) == 0
-    assert main(["run", "--resume", str(_run_dir(out))]) == 2
+    run = tmp_path / "run"
+    save_config(load_config("iris_mlp", ["tracking.enabled=false"]), run / "config.yaml")
+    assert main(["run", "--resume", str(run), "--stages", "train"]) == 2
     assert "without checkpoints" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "not a kdl run directory" in capsys.readouterr().err
 
 
+@pytest.mark.once
 def test_lr_find_cli_writes_plot_and_suggestion(tmp_path, capsys):
-    assert main(["lr-find", "iris_mlp", "--steps", "40", "--set", "tracking.enabled=false",
+    assert main(["lr-find", "iris_mlp", "--steps", "20", "--set", "tracking.enabled=false",
                  "--set", f"output_dir={tmp_path}"]) == 0
     text = capsys.readouterr().out
     assert "suggested learning rate" in text and "--set train.learning_rate=" in text

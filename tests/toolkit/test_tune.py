@@ -53,3 +53,29 @@ def test_bad_search_space_is_named():
         check_space({"train.learning_rate": {"type": "loguniform", "low": 1, "high": 2}})
     with pytest.raises(ConfigError, match="needs choices"):
         check_space({"data.batch_size": {"type": "categorical"}})
+
+
+@pytest.mark.slow
+def test_parallel_processes_share_one_study(tmp_path):
+    """Two `pipelines tune` processes, 2 trials each, on one SQLite storage: 4 trials, 1 study."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    optuna = pytest.importorskip("optuna")
+    root = Path(__file__).parents[2]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="shared", storage=storage)  # create once, no race
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "pipelines", "tune", "iris_mlp", "--set", SPACE,
+           "--set", "tune.trials=2", "--set", "train.epochs=2", "--set", "train.verbose=0",
+           "--set", f"tune.storage={storage}", "--set", "tune.study_name=shared",
+           "--set", f"output_dir={tmp_path / 'out'}", "--set", "tracking.enabled=false"]
+    procs = [subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.trials) == 4
+    assert (tmp_path / "out" / "iris_mlp" / "shared" / "best.yaml").is_file()

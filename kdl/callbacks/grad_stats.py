@@ -9,7 +9,6 @@ import keras
 import numpy as np
 
 from kdl.backend.grads import compute_gradients
-from kdl.registry import CALLBACKS
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +27,12 @@ def gradient_norms(grads: list[tuple[str, np.ndarray]]) -> dict[str, float]:
     return {k: float(np.sqrt(v)) for k, v in sq.items()}
 
 
-@CALLBACKS.register("grad_stats")
 class GradientStats(keras.callbacks.Callback):
     """Every `every_n_steps` steps, the gradient norm of each layer on a probe batch.
 
-    `model.fit` does not expose its own gradients, so the callback computes
-    them on a fixed probe batch (`kdl.backend.grads.compute_gradients`, in
+    Not in `CALLBACKS` (it needs a probe batch): recipes use
+    `train.grad_stats_every`. `model.fit` does not expose its own gradients,
+    so the callback computes them on a fixed probe batch (`kdl.backend.grads.compute_gradients`, in
     inference mode: no dropout, no BatchNorm update, the run's state is not
     touched). A layer whose gradient norm is below `vanishing` is flagged
     vanishing; above `exploding`, exploding; flags are logged as warnings.

@@ -88,6 +88,13 @@ class TrainConfig:
     seed: int = 42
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     verbose: Literal["auto", 0, 1, 2] = "auto"
+    # The toolkit (docs/training.md).
+    ema_momentum: float | None = None  # keep an EMA of the weights; fit ends on it
+    accumulation_steps: int | None = None  # apply the mean gradient of N batches
+    grad_stats_every: int | None = None  # log per-layer gradient norms every N steps
+    checkpoint: bool = False  # resumable checkpoints each epoch (`run --resume <run_dir>`)
+    checkpoint_every_steps: int | None = None  # ... and every N steps
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # CALLBACKS name: params
 
 
 @dataclass
@@ -162,6 +169,24 @@ class DistillConfig:
     learning_rate: float = 3e-3
 
 
+
+@dataclass
+class TuneConfig:
+    """`pipelines tune`: an Optuna search over dotted config keys (docs/training.md)."""
+
+    trials: int = 20  # trials run by this process (several processes share one storage)
+    metric: str = "val_loss"  # an epoch metric of training, reported for pruning
+    direction: Literal["minimize", "maximize"] = "minimize"
+    # {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 0.1, "log": true},
+    #  "data.batch_size": {"type": "categorical", "choices": [16, 32, 64]}, ...}
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    storage: str | None = None  # Optuna RDB URL; default sqlite in <output_dir>/<name>/
+    study_name: str | None = None  # default "<name>-tune"
+    pruner_warmup_epochs: int = 2  # median pruning starts after this many epochs
+    pruner_startup_trials: int = 2  # ... and after this many complete trials
+    seed: int = 0  # the sampler's seed
+
+
 STAGES = ("train", "distill", "prune", "quantize", "export", "bench")
 
 
@@ -179,6 +204,7 @@ class ExperimentConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -354,6 +380,16 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"Available: {', '.join(presets)}.")
     if cfg.train.schedule != "constant":
         _check_name(SCHEDULES, cfg.train.schedule, "train.schedule")
+    import kdl.callbacks  # noqa: F401  (registers callbacks)
+    from kdl.registry import CALLBACKS
+
+    for name in cfg.train.callbacks:
+        _check_name(CALLBACKS, name, "train.callbacks")
+    if "reduce_lr_on_plateau" in cfg.train.callbacks and cfg.train.schedule != "constant":
+        raise ConfigError("train.callbacks.reduce_lr_on_plateau sets the learning rate, which "
+                          f"schedule {cfg.train.schedule!r} owns: set train.schedule=constant")
+    if cfg.train.checkpoint_every_steps is not None and not cfg.train.checkpoint:
+        raise ConfigError("train.checkpoint_every_steps needs train.checkpoint=true")
     for i, stage in enumerate(cfg.stages):
         if stage not in STAGES:
             raise ConfigError(f"stages[{i}]: unknown stage {stage!r}.{_close(stage, STAGES)} "

@@ -16,11 +16,11 @@ import keras
 import numpy as np
 
 from kdl.backend import resolve_precision
-from kdl.callbacks import TerminateOnNonFinite
+from kdl.callbacks import TerminateOnNonFinite, optimizer_options
+from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
 from kdl.data import DataSplits, Split, make_tf_dataset
-from kdl.registry import SCHEDULES
-from kdl.schedules import WarmupCosine  # noqa: F401  (registers the built-in schedules)
+from kdl.schedules import build_schedule
 
 
 def prepare(cfg: TrainConfig) -> str:
@@ -35,12 +35,8 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
     """The configured schedule over the whole run, or a constant rate."""
     if cfg.schedule == "constant":
         return cfg.learning_rate
-    total = cfg.epochs * steps_per_epoch
-    params = dict(cfg.schedule_params)
-    if cfg.schedule == "warmup_cosine":
-        warmup_epochs = params.pop("warmup_epochs", 1.0)
-        params.setdefault("warmup_steps", min(int(warmup_epochs * steps_per_epoch), total))
-    return SCHEDULES.build(cfg.schedule, peak_lr=cfg.learning_rate, total_steps=total, **params)
+    return build_schedule(cfg.schedule, cfg.learning_rate, cfg.epochs * steps_per_epoch,
+                          steps_per_epoch, cfg.schedule_params)
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -50,6 +46,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
     clip = {k: v for k, v in clip.items() if v is not None}
     if "clipnorm" in clip and "global_clipnorm" in clip:
         raise ValueError("set train.clipnorm or train.global_clipnorm, not both")
+    clip.update(optimizer_options(ema_momentum=cfg.ema_momentum,
+                                  accumulation_steps=cfg.accumulation_steps))
     if cfg.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **clip)
     if cfg.optimizer == "adam":
@@ -80,11 +78,14 @@ class TrainResult:
 
 
 def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: int,
-        callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
+        callbacks: list[keras.callbacks.Callback] = (), checkpoint_dir=None) -> TrainResult:
     """Train a compiled model on `splits.train`, validating on `splits.val`.
 
     Early stopping restores the best weights. A non-finite loss stops training
     and is reported in `TrainResult.diagnosis` (the caller decides how to fail).
+    With `checkpoint_dir` (and `cfg.checkpoint`), training checkpoints there and
+    continues from its latest checkpoint; the trained model, a new object when
+    resumed, is `TrainResult.extra["model"]`.
     """
     train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
     val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
@@ -101,16 +102,23 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
             restore_best_weights=True, verbose=0)
         cbs.append(stopper)
     cbs.extend(callbacks)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=cbs,
-                        shuffle=False,  # train_ds shuffles itself, seeded
-                        verbose=cfg.verbose)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if checkpoint_dir is not None and cfg.checkpoint:
+        model, hist = fit_resumable(
+            model, splits.train.x, splits.train.y, epochs=cfg.epochs, batch_size=batch_size,
+            directory=checkpoint_dir, seed=cfg.seed, every_n_steps=cfg.checkpoint_every_steps,
+            validation_data=val_ds, callbacks=[c for c in cbs if c is not stopper],
+            early_stopping=stopper, verbose=cfg.verbose)
+    else:
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=cbs,
+                         shuffle=False,  # train_ds shuffles itself, seeded
+                         verbose=cfg.verbose).history
+    hist = {k: [float(v) for v in vals] for k, vals in hist.items()}
     epochs_run = len(hist.get("loss", []))
     stopped = stopper is not None and stopper.stopped_epoch > 0
     best = None
     if stopper is not None and stopper.best_epoch is not None and epochs_run:
         best = int(stopper.best_epoch) + 1
-    return TrainResult(hist, epochs_run, best, stopped, guard.diagnosis)
+    return TrainResult(hist, epochs_run, best, stopped, guard.diagnosis, {"model": model})
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

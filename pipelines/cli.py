@@ -20,10 +20,26 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Train, compress, export and verify kdl models.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a recipe's stages")
-    run.add_argument("recipe", help="a recipe name (see `list`) or a path to a .yaml file")
+    run.add_argument("recipe", nargs="?",
+                     help="a recipe name (see `list`) or a path to a .yaml file")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=3")
     run.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue an interrupted run from its latest checkpoint")
+    run.add_argument("--sanity", action="store_true",
+                     help="first overfit one batch; stop (exit 1) if the loss stays high")
+    lrf = sub.add_parser("lr-find", help="learning-rate range test: sweep, plot, suggestion")
+    lrf.add_argument("recipe")
+    lrf.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value")
+    lrf.add_argument("--min-lr", type=float, default=1e-6)
+    lrf.add_argument("--max-lr", type=float, default=1.0)
+    lrf.add_argument("--steps", type=int, default=100)
+    tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
+    tun.add_argument("recipe")
+    tun.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value, e.g. tune.trials=8")
     sub.add_parser("list", help="list recipes, models, datasets, schedules and formats")
     export = sub.add_parser("export", help="export and verify an earlier run directory")
     export.add_argument("run_dir", type=Path)
@@ -72,9 +88,24 @@ def cmd_list() -> int:
 
 def cmd_run(args) -> int:
     from kdl.config import load_config
+    from pipelines import toolkit
     from pipelines.run import run_pipeline, summary_table
 
+    if args.resume is not None:
+        if args.recipe or args.overrides:
+            return _error("--resume takes the run directory, not a recipe or --set "
+                          "(the run's config is reused)")
+        run_dir, results, tracker = toolkit.resume(
+            args.resume, args.stages.split(",") if args.stages else None)
+        print()
+        print(summary_table(run_dir, results, tracker))
+        return 0
+    if not args.recipe:
+        return _error("give a recipe (or --resume RUN_DIR)")
     cfg = load_config(args.recipe, args.overrides)
+    if args.sanity and not toolkit.sanity(cfg):
+        print("\nFAILED: sanity check (overfit one batch); not training", file=sys.stderr)
+        return 1
     stages = args.stages.split(",") if args.stages else None
     if stages:
         from kdl.config import STAGES
@@ -138,6 +169,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("export", "bench"):
             return cmd_export(args)
+        if args.command == "tune":
+            from kdl.config import load_config
+            from pipelines.tune import tune
+
+            tune(load_config(args.recipe, args.overrides))
+            return 0
+        if args.command == "lr-find":
+            from kdl.config import load_config
+            from pipelines import toolkit
+
+            toolkit.lr_find(load_config(args.recipe, args.overrides), min_lr=args.min_lr,
+                            max_lr=args.max_lr, num_steps=args.steps)
+            return 0
         return cmd_run(args)
     except (ConfigError, DataError, ExportFileError, UnknownNameError, FileNotFoundError) as e:
         return _error(str(e))

@@ -1,4 +1,4 @@
-"""The only place in kdl with per-backend code: devices and precision."""
+"""The only place in kdl with per-backend code: devices, precision, gradients, RNG, jit."""
 
 from __future__ import annotations
 

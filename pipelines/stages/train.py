@@ -12,7 +12,7 @@ from kdl.config import ExperimentConfig
 from kdl.data import DataSplits, load_splits
 from kdl.io import atomic_path, atomic_write_json
 from kdl.models import build_model
-from pipelines import plots
+from pipelines import plots, toolkit
 
 
 def load_data(cfg: ExperimentConfig) -> DataSplits:
@@ -49,9 +49,12 @@ def run(ctx) -> dict:
     tracker.log_params({"precision_policy": policy, "params": model.count_params(),
                         "train_examples": len(splits.train)})
 
-    result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
-                          callbacks=[tracker.keras_callback("train/"),
-                                     *ctx.state.get("callbacks", [])])
+    callbacks = [tracker.keras_callback("train/"), *ctx.state.get("callbacks", []),
+                 *toolkit.train_callbacks(ctx, splits)]
+    toolkit.log_schedule_plot(ctx, model, cfg.train.epochs * steps)
+    result = training.fit(model, splits, cfg.train, cfg.data.batch_size, callbacks=callbacks,
+                          checkpoint_dir=toolkit.checkpoint_dir(ctx))
+    model = result.extra.get("model", model)  # a resumed run continues a restored model
     atomic_write_json(run_dir / "history.json", result.history)
     if result.history.get("loss"):
         plots.training_curves(result.history, run_dir / "training_curves.png")

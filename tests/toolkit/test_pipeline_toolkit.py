@@ -1,0 +1,76 @@
+"""The toolkit through the CLI: --sanity, plots, grad stats, checkpoints, --resume, lr-find."""
+
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kdl.config import load_config, save_config
+from pipelines.cli import main
+
+COMMON = ["--set", "tracking.enabled=false", "--set", "train.verbose=0", "--stages", "train"]
+
+
+def _run_dir(root: Path) -> Path:
+    (run,) = [p for p in (root / "iris_mlp").iterdir() if not p.name.startswith("lr_find")]
+    return run
+
+
+def _weights(path):
+    return [keras.ops.convert_to_numpy(w) for w in keras.saving.load_model(path).weights]
+
+
+@pytest.mark.slow
+def test_run_with_toolkit_then_resume_gives_the_same_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["run", "iris_mlp", "--sanity", *COMMON, "--set", f"output_dir={out}",
+            "--set", "train.epochs=4", "--set", "train.checkpoint=true",
+            "--set", "train.schedule=one_cycle", "--set", "train.grad_stats_every=5",
+            "--set", "train.ema_momentum=0.9"]
+    assert main(args) == 0
+    assert "sanity: overfit one batch" in capsys.readouterr().out
+    run = _run_dir(out)
+    assert (run / "lr_schedule.png").read_bytes()[:4] == b"\x89PNG"
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 2  # epochs 3 and 4 kept
+
+    # A copy of the run as if killed during epoch 4: its latest checkpoint is epoch 3.
+    copy = tmp_path / "killed"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints" / ckpts[-1])
+    (copy / "checkpoints" / "latest").write_text(ckpts[0] + "\n")
+    (copy / "model.keras").unlink()
+    assert main(["run", "--resume", str(copy), "--stages", "train"]) == 0
+    for a, b in zip(_weights(copy / "model.keras"), _weights(run / "model.keras"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_resume_refuses_a_run_without_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    save_config(load_config("iris_mlp", ["tracking.enabled=false"]), run / "config.yaml")
+    assert main(["run", "--resume", str(run), "--stages", "train"]) == 2
+    assert "without checkpoints" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "not a kdl run directory" in capsys.readouterr().err
+
+
+@pytest.mark.once
+def test_lr_find_cli_writes_plot_and_suggestion(tmp_path, capsys):
+    assert main(["lr-find", "iris_mlp", "--steps", "20", "--set", "tracking.enabled=false",
+                 "--set", f"output_dir={tmp_path}"]) == 0
+    text = capsys.readouterr().out
+    assert "suggested learning rate" in text and "--set train.learning_rate=" in text
+    (found,) = (tmp_path / "iris_mlp").glob("lr_find-*/lr_find.png")
+    assert found.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.callbacks={reduce_lr_on_plateau: {patience: 2}}", "schedule=constant"),
+    ("train.callbacks={no_such_callback: {}}", "unknown callback"),
+    ("train.checkpoint_every_steps=5", "needs train.checkpoint=true"),
+])
+def test_bad_toolkit_config_is_named(override, message, capsys):
+    assert main(["run", "iris_mlp", "--set", override]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""A run killed with SIGKILL mid-epoch and resumed ends like an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kdl.callbacks.checkpoint import EpochShuffledData, latest_checkpoint
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    x = np.arange(20, dtype="float32")[:, None]
+    a = EpochShuffledData(x, x, batch_size=4, seed=1)
+    b = EpochShuffledData(x, x, batch_size=4, seed=1)
+    a.set_epoch(0)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert np.array_equal(a[2][0], b[2][0])
+    b.set_epoch(4)
+    assert not np.array_equal(np.concatenate([a[i][0] for i in range(5)]),
+                              np.concatenate([b[i][0] for i in range(5)]))
+    part = EpochShuffledData(x, x, batch_size=4, seed=1, start_batch=2)
+    part.set_epoch(3)
+    assert len(part) == 3 and np.array_equal(part[0][0], a[2][0])
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["KERAS_BACKEND"] = keras.backend.backend()
+    return env
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_in_process_then_resumed_matches_uninterrupted(tmp_path):
+    """Fast variant (no subprocess): an exception at step 43 stands in for the kill."""
+    from kdl.callbacks.checkpoint import fit_resumable
+    from tests.toolkit import resume_worker as w
+
+    ref_weights, ref_opt = w.train(str(tmp_path / "ref"))
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 43:
+                raise _Interrupt
+
+    x, y = w.data()
+    with pytest.raises(_Interrupt):
+        fit_resumable(w.build(), x, y, epochs=w.EPOCHS, batch_size=w.BATCH, seed=3,
+                      directory=tmp_path / "ckpt", every_n_steps=10, callbacks=[Stop()])
+    assert latest_checkpoint(tmp_path / "ckpt").name == "step-000000040"
+    weights, opt = w.train(str(tmp_path / "ckpt"))
+    for a, b in zip(weights + opt, ref_weights + ref_opt, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    """Deterministic on CPU on all three backends (TF, JAX, PyTorch): compared exactly."""
+    worker = [sys.executable, str(HERE / "resume_worker.py")]
+    # Uninterrupted reference, in its own process like the others.
+    ref = subprocess.run([*worker, str(tmp_path / "ref_ckpt"), str(tmp_path / "ref.npz")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen([*worker, str(ckpt), str(tmp_path / "out.npz"), "0.03"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    killed_at = None
+    for line in proc.stdout:  # 16 steps per epoch: kill in the middle of epoch 2
+        if line.startswith("step ") and int(line.split()[1]) >= 43:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_at = int(line.split()[1])
+            break
+    proc.wait(timeout=60)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL
+    state = json.loads((latest_checkpoint(ckpt) / "state.json").read_text())
+    assert 40 <= state["global_step"] <= killed_at and state["epoch"] == 2
+    assert 0 < state["batch_in_epoch"] < 16  # a mid-epoch checkpoint
+    assert not list(ckpt.glob(".*.tmp"))  # no temp folder left in force
+
+    res = subprocess.run([*worker, str(ckpt), str(tmp_path / "out.npz")], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from step-{state['global_step']:09d}" in res.stdout
+    ref_arrays, out_arrays = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "out.npz")
+    assert sorted(ref_arrays.files) == sorted(out_arrays.files)
+    for k in ref_arrays.files:  # weights and every optimizer variable (step, moments)
+        np.testing.assert_array_equal(out_arrays[k], ref_arrays[k], err_msg=k)
+    final = json.loads((latest_checkpoint(ckpt) / "state.json").read_text())
+    assert final["epoch"] == 6 and final["global_step"] == 96
+
+
+def test_pointer_to_a_missing_folder_means_no_checkpoint(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "latest").write_text("step-000000005\n")  # a kill before the folder landed
+    assert latest_checkpoint(tmp_path) is None

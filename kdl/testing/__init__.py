@@ -96,9 +96,14 @@ def make_case(name: str, task: str | None = None, batch: int = BATCH, seed: int 
     h = dict(entry.meta.get("harness", {}))
     rng = np.random.default_rng(seed)
     if task in SUPERVISED:
-        input_shape = tuple(h.get("input_shape", (8, 8, 1)))
+        input_shape = h.get("input_shape", (8, 8, 1))
         num_outputs = int(h.get("num_outputs", 3)) if task == "classification" else 2
-        x = _inputs(rng, batch, input_shape, h.get("vocab"))
+        if isinstance(input_shape, list):  # several inputs
+            input_shape = tuple(tuple(s) for s in input_shape)
+            x = [_inputs(rng, batch, s, h.get("vocab")) for s in input_shape]
+        else:
+            input_shape = tuple(input_shape)
+            x = _inputs(rng, batch, input_shape, h.get("vocab"))
         out = tuple(h["output_shape"]) if h.get("output_shape") else (num_outputs,)
         if task == "regression" and h.get("output_shape"):
             out = (*out[:-1], num_outputs)

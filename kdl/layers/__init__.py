@@ -29,3 +29,6 @@ __all__ = [
     "scaled_dot_product_attention",
     "sinusoidal_encoding",
 ]
+from kdl.layers.recurrent import AdditiveAttention  # noqa: E402
+
+__all__ += ["AdditiveAttention"]

@@ -184,3 +184,35 @@ class MultiHeadAttention(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads,
                 "model_dim": self.model_dim, "dropout": self.dropout, "use_bias": self.use_bias}
+
+
+@keras.saving.register_keras_serializable(package="kdl")
+class TimestepEmbedding(keras.layers.Layer):
+    """Sinusoidal embedding of integer timesteps: `(batch,) -> (batch, dim)`.
+
+    `[sin(t w_0..w_{h-1}), cos(t w_0..w_{h-1})]` with `w_i = base^(-i/h)`, `h = dim/2`.
+
+    Args:
+        dim: embedding width (even).
+        base: the wavelength base.
+    """
+
+    def __init__(self, dim, base=10000.0, **kwargs):
+        super().__init__(**kwargs)
+        if dim % 2:
+            raise ValueError(f"TimestepEmbedding dim must be even, got {dim}")
+        self.dim = dim
+        self.base = base
+
+    def call(self, t):
+        half = self.dim // 2
+        freqs = ops.exp(-math.log(self.base) * ops.cast(ops.arange(half), "float32") / half)
+        args = ops.cast(ops.reshape(t, (-1, 1)), "float32") * freqs[None]
+        return ops.cast(ops.concatenate([ops.sin(args), ops.cos(args)], axis=-1),
+                        self.compute_dtype)
+
+    def compute_output_shape(self, t_shape):
+        return (t_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "base": self.base}

@@ -158,8 +158,8 @@ def check_forward(case: Case, model: keras.Model | None = None) -> list[np.ndarr
     return outs
 
 
-def check_train_step(case: Case, steps: int = 1) -> None:
-    model = case.build()
+def check_train_step(case: Case, model: keras.Model | None = None, steps: int = 1) -> None:
+    model = model or case.build()
     case.compile(model)
     before = [np.array(keras.ops.convert_to_numpy(w)) for w in model.trainable_weights]
     assert before, f"{case.id}: no trainable weights"
@@ -220,12 +220,15 @@ def check_mixed_precision(case: Case) -> None:
 
 
 # -- cross-backend ----------------------------------------------------------------
-def write_cross_backend(directory: str | Path, all_cases: list[Case]) -> list[str]:
-    """Save each case's model and its reference outputs under `directory`."""
+def write_cross_backend(directory: str | Path, all_cases: list[Case], build=None) -> list[str]:
+    """Save each case's model and its reference outputs under `directory`.
+
+    `build(case)` gives the model (default: `case.build()`), e.g. a cached one.
+    """
     directory = Path(directory)
     names = []
     for case in all_cases:
-        model = case.build()
+        model = build(case) if build else case.build()
         outs = predict(model, case.x)
         model.save(directory / f"{case.name}.keras")
         xs = keras.tree.flatten(case.x)

@@ -13,6 +13,7 @@ IDS = [c.name for c in CASES]
 
 @pytest.fixture(scope="module")
 def built():
+    """One tiny model per case for the whole module (building is the slow part on JAX)."""
     cache = {}
 
     def get(case):
@@ -40,8 +41,8 @@ def test_other_task_forward(name, task):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_one_train_step_changes_weights(case):
-    testing.check_train_step(case)
+def test_one_train_step_changes_weights(case, built):
+    testing.check_train_step(case, built(case))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -59,8 +60,8 @@ def test_mixed_precision_call(case):
     testing.check_mixed_precision(case)
 
 
-def test_keras_files_load_on_another_backend(tmp_path):
-    testing.write_cross_backend(tmp_path, CASES)
+def test_keras_files_load_on_another_backend(tmp_path, built):
+    testing.write_cross_backend(tmp_path, CASES, built)
     target = testing.other_backend()
     report = testing.check_cross_backend(tmp_path, target)
     assert set(report) == {c.name for c in CASES}

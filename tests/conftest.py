@@ -20,4 +20,5 @@ def pytest_collection_modifyitems(config, items):
         if BACKEND != "tensorflow" and item.get_closest_marker("tf_only"):
             item.add_marker(pytest.mark.skip(reason="tf_only: needs the TensorFlow backend"))
         if BACKEND != "tensorflow" and item.get_closest_marker("once"):
-            item.add_marker(pytest.mark.skip(reason="once: backend-independent, runs in the TensorFlow pass"))
+            item.add_marker(pytest.mark.skip(
+                reason="once: backend-independent, runs in the TensorFlow pass"))

@@ -1,115 +1,93 @@
-"""The only per-backend code in kdl: custom train steps.
+"""The only place in kdl with per-backend code: devices, precision, custom train steps.
 
-Models trained by their own losses (GAN, VAE, SimCLR, CLIP, DDPM, DQN)
-subclass `CustomTrainModel` and write their losses with `keras.ops` only.
-This package supplies the backend part: computing gradients of each loss
-(`tf.GradientTape`, `torch.autograd.grad`, `jax.value_and_grad` in a stateless
-scope) and applying the group's optimizer. `model.fit` then works unchanged on
-TensorFlow, JAX and PyTorch.
+`CustomTrainModel` (see `kdl.backend.training`) lets models trained by their own
+losses (GAN, VAE, SimCLR, CLIP, DDPM, DQN) use `fit` on every backend.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import keras
 
-from kdl.backend.optimizers import OptimizerGroup
 
-BACKEND = keras.backend.backend()
-
-if BACKEND == "tensorflow":
-    from kdl.backend._tensorflow import train_step as _train_step
-elif BACKEND == "jax":
-    from kdl.backend._jax import train_step as _train_step
-elif BACKEND == "torch":
-    from kdl.backend._torch import train_step as _train_step
-else:  # pragma: no cover
-    raise ImportError(f"kdl supports the tensorflow, jax and torch backends, not {BACKEND!r}")
+def backend() -> str:
+    return keras.backend.backend()
 
 
-class CustomTrainModel(keras.Model):
-    """A `keras.Model` whose `fit` minimizes its own loss(es), on any backend.
+@functools.cache
+def accelerator() -> str | None:
+    """"gpu", "tpu" or None (CPU only), as the current backend sees it."""
+    name = backend()
+    if name == "jax":
+        import jax
 
-    Subclasses implement `group_loss(group, data) -> (loss, logs)` with
-    `keras.ops` only, where `logs` is a dict of scalars named in the class
-    attribute `log_names` (each averaged over the epoch by a `Mean` tracker).
-    For several optimizers (a GAN), override `optimizer_groups()` to map each
-    group name to its variables; each train step then runs the groups in that
-    order, one gradient step each, and later groups see earlier updates.
+        platform = jax.devices()[0].platform
+        return None if platform == "cpu" else platform
+    if name == "torch":
+        import torch
 
-    `compile(optimizer)` takes one optimizer, or a dict `group -> optimizer`
-    (an optimizer or its name) when there are several groups. A single
-    optimizer given to several groups is cloned per group.
+        return "gpu" if torch.cuda.is_available() else None
+    if name == "tensorflow":
+        import tensorflow as tf
 
-    Example:
+        if tf.config.list_physical_devices("GPU"):
+            return "gpu"
+        return "tpu" if tf.config.list_physical_devices("TPU") else None
+    return None
 
-    ```python
-    class Quadratic(CustomTrainModel):
-        log_names = ("loss",)
 
-        def group_loss(self, group, data):
-            loss = keras.ops.mean((self(data) - 1.0) ** 2)
-            return loss, {"loss": loss}
-    ```
+def _gpu_supports_bf16() -> bool:
+    name = backend()
+    try:
+        if name == "torch":
+            import torch
+
+            return torch.cuda.is_bf16_supported()
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            gpu = tf.config.list_physical_devices("GPU")[0]
+            cc = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+            return tuple(cc) >= (8, 0)
+        if name == "jax":
+            import jax
+
+            cc = getattr(jax.devices()[0], "compute_capability", "0.0")
+            return tuple(int(p) for p in str(cc).split(".")) >= (8, 0)
+    except (ImportError, IndexError, ValueError, AttributeError):
+        return False
+    return False
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(policy: str) -> str:
+    """Map "auto" to a concrete Keras dtype policy for this machine.
+
+    mixed_bfloat16 on TPUs and bf16-capable GPUs, mixed_float16 on older GPUs,
+    float32 on CPUs. A CPU with native bf16 (see `cpu_has_native_bf16`) still
+    gets float32: Keras's CPU kernels gain little from bf16 on small models and
+    the exported fp32 TFLite would no longer match the Keras model to 1e-4. Ask
+    for "mixed_bfloat16" explicitly to train that way on such a CPU.
+    Any other value passes through.
     """
-
-    log_names: tuple[str, ...] = ("loss",)
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.loss_trackers = [keras.metrics.Mean(name=n) for n in self.log_names]
-
-    # -- what subclasses define ------------------------------------------------
-    def optimizer_groups(self) -> dict[str, list]:
-        """Group name -> trainable variables, in update order. One group by default."""
-        return {"loss": self.trainable_variables}
-
-    def group_loss(self, group: str, data):
-        """The loss of `group` on one batch `data`, and a dict of logs."""
-        raise NotImplementedError(f"{type(self).__name__} must implement group_loss")
-
-    # -- machinery ---------------------------------------------------------------
-    def compile(self, optimizer="adam", **kwargs):
-        if kwargs.get("loss") is not None:
-            raise ValueError(f"{type(self).__name__} computes its own loss; compile it "
-                             "with an optimizer only")
-        groups = self.optimizer_groups()
-        if len(groups) > 1:
-            if isinstance(optimizer, dict):
-                opts = {k: keras.optimizers.get(v) for k, v in optimizer.items()}
-            else:
-                base = keras.optimizers.get(optimizer)
-                opts = {k: base.__class__.from_config(base.get_config()) for k in groups}
-            optimizer = OptimizerGroup(opts)
-        elif isinstance(optimizer, dict):
-            raise ValueError(f"{type(self).__name__} has one optimizer group; pass one "
-                             "optimizer, not a dict")
-        super().compile(optimizer=optimizer, **kwargs)
-        if isinstance(self.optimizer, OptimizerGroup):
-            self.optimizer.build_groups(groups)
-
-    def get_compile_config(self):
-        # compile() is custom: a reloaded model is compiled again by its user.
-        return {}
-
-    def train_groups(self):
-        """`(group, variables, optimizer)` for each group, in update order."""
-        groups = self.optimizer_groups()
-        opt = getattr(self, "optimizer", None)
-        if opt is None:
-            raise ValueError(f"compile {type(self).__name__} with an optimizer before fit")
-        return [(g, list(vs), opt[g] if isinstance(opt, OptimizerGroup) else opt)
-                for g, vs in groups.items()]
-
-    def update_trackers(self, logs: dict) -> None:
-        for tracker in self.loss_trackers:
-            if tracker.name in logs:
-                tracker.update_state(logs[tracker.name])
-
-    def tracker_results(self) -> dict:
-        return {t.name: t.result() for t in self.loss_trackers}
-
-    def train_step(self, *args):
-        return _train_step(self, *args)
+    if policy != "auto":
+        return policy
+    device = accelerator()
+    if device == "tpu":
+        return "mixed_bfloat16"
+    if device == "gpu":
+        return "mixed_bfloat16" if _gpu_supports_bf16() else "mixed_float16"
+    return "float32"
 
 
-__all__ = ["BACKEND", "CustomTrainModel", "OptimizerGroup"]
+from kdl.backend.training import CustomTrainModel, OptimizerGroup  # noqa: E402

@@ -5,7 +5,9 @@ examples, unsplit). `load_splits` turns it into seeded train/val/test splits
 and computes normalization statistics on the training split only.
 """
 
+from kdl.data import sources  # noqa: F401  (registers the built-in datasets)
 from kdl.data.core import (
+    DataError,
     DataSplits,
     Normalizer,
     RawData,
@@ -14,9 +16,9 @@ from kdl.data.core import (
     load_splits,
     make_tf_dataset,
 )
-from kdl.data import sources  # noqa: F401  (registers the built-in datasets)
 
 __all__ = [
+    "DataError",
     "DataSplits",
     "Normalizer",
     "RawData",

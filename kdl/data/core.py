@@ -13,6 +13,10 @@ from kdl.registry import DATASETS
 TASKS = ("classification", "regression")
 
 
+class DataError(ValueError):
+    """Data that cannot be used as configured; the message says what to fix."""
+
+
 @dataclass
 class RawData:
     """Every example of a dataset, before splitting.
@@ -35,9 +39,9 @@ class RawData:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise DataError(f"task must be one of {TASKS}, got {self.task!r}")
         if len(self.x) != len(self.y):
-            raise ValueError(f"x has {len(self.x)} examples but y has {len(self.y)}")
+            raise DataError(f"x has {len(self.x)} examples but y has {len(self.y)}")
         self.x = np.asarray(self.x, dtype="float32")
         if self.task == "classification":
             self.y = np.asarray(self.y).astype("int32")
@@ -136,7 +140,7 @@ def _draw_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: 
     n_test = 0 if "test" in given else int(round(test_fraction * n))
     n_val = 0 if "val" in given else int(round(val_fraction * n))
     if len(rest) - n_test - n_val < 1:
-        raise ValueError(
+        raise DataError(
             f"dataset has {n} examples: too few for val_fraction={val_fraction} and "
             f"test_fraction={test_fraction}. Lower the fractions or add data."
         )

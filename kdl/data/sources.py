@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdl.data.core import RawData
+from kdl.data.core import DataError, RawData
 from kdl.registry import DATASETS
 
 
@@ -49,10 +49,10 @@ def breast_cancer() -> RawData:
 
 def _require_file(path: str | None, kind: str) -> Path:
     if not path:
-        raise ValueError(f"the {kind} dataset needs a file: set data.path=<file.{kind}>")
+        raise DataError(f"the {kind} dataset needs a file: set data.path=<file.{kind}>")
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"data.path {str(p)!r} does not exist or is not a file")
+        raise DataError(f"data.path {str(p)!r} does not exist or is not a file")
     return p
 
 
@@ -78,7 +78,7 @@ def npz(path: str | None = None, task: str = "classification", target: str | Non
             bounds = np.cumsum([0] + [len(a) for a in xs])
             splits = {s: np.arange(bounds[i], bounds[i + 1]) for i, s in enumerate(parts)}
         else:
-            raise ValueError(
+            raise DataError(
                 f"{p} has arrays {sorted(keys)}; expected 'x' and 'y' "
                 "(or 'x_train', 'y_train', optionally '_val' and '_test')"
             )
@@ -97,24 +97,24 @@ def csv_table(path: str | None = None, target: str | None = None, task: str = "c
     with p.open(newline="") as fh:
         rows = list(csv.reader(fh))
     if len(rows) < 2:
-        raise ValueError(f"{p} has no data rows under its header")
+        raise DataError(f"{p} has no data rows under its header")
     header, body = rows[0], rows[1:]
     if target is None:
-        raise ValueError(f"the csv dataset needs data.target=<column>; columns: {header}")
+        raise DataError(f"the csv dataset needs data.target=<column>; columns: {header}")
     if target not in header:
-        raise ValueError(f"target column {target!r} is not in {p.name}; columns: {header}")
+        raise DataError(f"target column {target!r} is not in {p.name}; columns: {header}")
     t = header.index(target)
     try:
         x = np.array([[float(v) for i, v in enumerate(r) if i != t] for r in body], "float32")
     except ValueError as e:
-        raise ValueError(f"{p.name}: feature columns must be numeric ({e})") from None
+        raise DataError(f"{p.name}: feature columns must be numeric ({e})") from None
     raw_y = [r[t] for r in body]
     if task == "classification":
         names = label_names or sorted(set(raw_y), key=lambda v: (len(v), v))
         index = {n: i for i, n in enumerate(names)}
         unknown = sorted(set(raw_y) - index.keys())
         if unknown:
-            raise ValueError(f"{p.name}: target values {unknown} are not in label_names")
+            raise DataError(f"{p.name}: target values {unknown} are not in label_names")
         y = np.array([index[v] for v in raw_y], "int32")
         return RawData(x, y, task, list(names))
     return RawData(x, np.array(raw_y, "float32"), task)

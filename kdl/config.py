@@ -1,0 +1,381 @@
+"""The typed experiment config: defaults < recipe YAML < `--set a.b=c` overrides.
+
+Every section is a dataclass. Loading is strict: an unknown key, a value of the
+wrong type, or an unknown registry name raises `ConfigError` naming the key,
+the allowed values and the close matches, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message names the key and the fix."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; here it is a float, as users mean it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # a name in kdl.registry.DATASETS
+    path: str | None = None  # file for the npz/csv datasets
+    target: str | None = None  # csv: the target column
+    task: Literal["classification", "regression"] | None = None  # npz/csv only
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    normalize: bool = True
+    batch_size: int = 64
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"  # a name in kdl.registry.MODELS
+    preset: str = "default"
+    params: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
+    learning_rate: float = 3e-3  # the peak rate of the schedule
+    weight_decay: float = 1e-4  # adamw only
+    schedule: str = "warmup_cosine"  # a name in kdl.registry.SCHEDULES, or "constant"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    clipnorm: float | None = 1.0  # per-variable gradient norm clip
+    clipvalue: float | None = None
+    global_clipnorm: float | None = None
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    seed: int = 42
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    verbose: Literal["auto", 0, 1, 2] = "auto"
+
+
+@dataclass
+class ExportConfig:
+    formats: list[str] = field(default_factory=lambda: ["saved_model", "tflite_fp32"])
+    # Per-format overrides of the verification thresholds, e.g.
+    # {"tflite_fp32": {"max_abs_diff": 1e-4, "min_top1_agreement": 1.0}}.
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    allow_flex_ops: bool = False  # allow SELECT_TF_OPS (TensorFlow ops) in .tflite files
+    representative_samples: int = 200  # full-int8 calibration examples (training split)
+    # The mobile bundle (<run>/bundle/): which .tflite formats go in (None: every exported
+    # tflite_* format), how many golden examples (from the test split) it carries.
+    bundle: list[str] | None = None
+    golden_examples: int = 8
+
+
+@dataclass
+class BenchConfig:
+    threads: list[int] = field(default_factory=lambda: [1, 2])  # LiteRT (XNNPACK) threads
+    budget_s: float = 1.0  # timed seconds per row at batch 1 (more while the median drifts)
+    min_reps: int = 30  # timed calls per row at least
+    batch: int = 32  # throughput batch size; 0 skips throughput
+    throughput_budget_s: float = 0.5
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str | None = None  # default: the recipe's name
+    register_model: bool = True
+    model_name: str | None = None  # registry name; default "kdl-<experiment>"
+
+
+STAGES = ("train", "export", "bench")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "digits_cnn"
+    output_dir: str = "saved_models"
+    stages: list[str] = field(default_factory=lambda: ["train", "export"])  # + "bench"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "pipelines" / "recipes"
+
+
+def _close(name: str, options) -> str:
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (int -> float)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value in args and type(value) is type(args[list(args).index(value)]):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not allowed.{_close(value, args)} "
+                          f"Allowed: {', '.join(repr(a) for a in args)}.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_dict(tp, value, key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _from_dict(cls, data: dict[str, Any], prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(f"unknown key {prefix}{k!r}.{_close(k, names)} "
+                          f"Allowed keys of {prefix.rstrip('.') or 'the config'}: "
+                          f"{', '.join(names)}.")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build an `ExperimentConfig` from a nested dict (strict, see module doc)."""
+    return _from_dict(ExperimentConfig, data or {})
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe name (`pipelines/recipes/<name>.yaml`) or a path to a YAML file."""
+    p = Path(recipe)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"recipe file {recipe!r} does not exist")
+        return p
+    p = RECIPES_DIR / f"{recipe}.yaml"
+    if not p.is_file():
+        names = available_recipes()
+        raise ConfigError(f"unknown recipe {recipe!r}.{_close(recipe, names)} "
+                          f"Available: {', '.join(names)} (or a path to a .yaml file).")
+    return p
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"train.epochs=3"` -> `(["train", "epochs"], 3)`; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        return path, yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+
+
+def merge_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:i + 1])} "
+                              "is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(recipe: str | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Defaults < recipe YAML < overrides, then `validate`."""
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        path = recipe_path(recipe)
+        try:
+            data = yaml_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of config sections")
+        data.setdefault("name", path.stem)
+    for text in overrides:
+        merge_override(data, *parse_override(text))
+    cfg = from_dict(data)
+    validate(cfg)
+    return cfg
+
+
+def _check_name(registry, name: str, key: str) -> None:
+    if name not in registry:
+        names = registry.names()
+        raise ConfigError(f"{key}: unknown {registry.kind} {name!r}.{_close(name, names)} "
+                          f"Available: {', '.join(names)}.")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Checks that need the registries or relate several keys."""
+    import kdl.data  # noqa: F401  (registers datasets)
+    import kdl.models  # noqa: F401  (registers models)
+    import kdl.schedules  # noqa: F401  (registers schedules)
+    from kdl.export.formats import FORMATS
+    from kdl.registry import DATASETS, MODELS, SCHEDULES
+
+    _check_name(DATASETS, cfg.data.name, "data.name")
+    _check_name(MODELS, cfg.model.name, "model.name")
+    presets = sorted(MODELS.get(cfg.model.name).presets)
+    if cfg.model.preset not in presets:
+        raise ConfigError(f"model.preset: model {cfg.model.name!r} has no preset "
+                          f"{cfg.model.preset!r}.{_close(cfg.model.preset, presets)} "
+                          f"Available: {', '.join(presets)}.")
+    if cfg.train.schedule != "constant":
+        _check_name(SCHEDULES, cfg.train.schedule, "train.schedule")
+    for i, stage in enumerate(cfg.stages):
+        if stage not in STAGES:
+            raise ConfigError(f"stages[{i}]: unknown stage {stage!r}.{_close(stage, STAGES)} "
+                              f"Available: {', '.join(STAGES)}.")
+    for i, fmt in enumerate(cfg.export.formats):
+        if fmt not in FORMATS:
+            raise ConfigError(f"export.formats[{i}]: unknown format {fmt!r}."
+                              f"{_close(fmt, FORMATS)} Available: {', '.join(FORMATS)}.")
+    for fmt, limits in cfg.export.thresholds.items():
+        if fmt not in FORMATS:
+            raise ConfigError(f"export.thresholds: unknown format {fmt!r}.{_close(fmt, FORMATS)}")
+        for k in limits:
+            allowed = ("max_abs_diff", "min_top1_agreement", "max_metric_drop")
+            if k not in allowed:
+                raise ConfigError(f"export.thresholds.{fmt}: unknown key {k!r}."
+                                  f"{_close(k, allowed)} Allowed: {', '.join(allowed)}.")
+    for i, fmt in enumerate(cfg.export.bundle or []):
+        if fmt not in cfg.export.formats or not fmt.startswith("tflite"):
+            tflite = [f for f in cfg.export.formats if f.startswith("tflite")]
+            raise ConfigError(f"export.bundle[{i}]: {fmt!r} is not an exported .tflite format; "
+                              f"choose from export.formats: {', '.join(tflite) or 'none'}")
+    if cfg.export.golden_examples < 1:
+        raise ConfigError(f"export.golden_examples must be >= 1 (got {cfg.export.golden_examples})")
+    b = cfg.bench
+    if not b.threads or any(t < 1 for t in b.threads):
+        raise ConfigError(f"bench.threads must list thread counts >= 1 (got {b.threads})")
+    if b.budget_s <= 0 or b.throughput_budget_s <= 0 or b.min_reps < 2 or b.batch < 0:
+        raise ConfigError("bench: budget_s and throughput_budget_s must be > 0, min_reps >= 2, "
+                          "batch >= 0 (0 skips throughput)")
+    d = cfg.data
+    if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1
+            and d.val_fraction + d.test_fraction < 1):
+        raise ConfigError("data.val_fraction and data.test_fraction must each be in [0, 1) "
+                          f"and sum below 1 (got {d.val_fraction} and {d.test_fraction})")
+    if d.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1 (got {d.batch_size})")
+    if d.name in ("npz", "csv") and not d.path:
+        raise ConfigError(f"data.path is required for the {d.name} dataset "
+                          f"(--set data.path=<file.{d.name}>)")
+    if d.name == "csv":
+        _check_csv(d.path, d.target)
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
+    if cfg.train.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate must be > 0 (got {cfg.train.learning_rate})")
+
+
+def _check_csv(path: str, target: str | None) -> None:
+    """The CSV exists and has the target column (reads the header line only)."""
+    import csv
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data.path: {str(p)!r} does not exist or is not a file")
+    with p.open(newline="") as fh:
+        header = next(csv.reader(fh), [])
+    if not target:
+        raise ConfigError(f"data.target: name the target column of {p.name}; "
+                          f"columns: {', '.join(header)}")
+    if target not in header:
+        raise ConfigError(f"data.target: column {target!r} is not in {p.name}."
+                          f"{_close(target, header)} Columns: {', '.join(header)}.")
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    from kdl.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,139 @@
+"""Supervised training with the craft built in.
+
+`prepare` fixes seeds and the precision policy before a model is built;
+`compile_for` gives the optimizer (warmup-cosine schedule, clipping), loss and
+metrics; `fit` trains with early stopping (best weights restored) and a
+non-finite-loss guard; `evaluate` scores a split with NumPy, the same way on
+every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from kdl.backend import resolve_precision
+from kdl.callbacks import TerminateOnNonFinite
+from kdl.config import TrainConfig
+from kdl.data import DataSplits, Split, make_tf_dataset
+from kdl.registry import SCHEDULES
+from kdl.schedules import WarmupCosine  # noqa: F401  (registers the built-in schedules)
+
+
+def prepare(cfg: TrainConfig) -> str:
+    """Seed every RNG and set the global dtype policy; return the policy name."""
+    keras.utils.set_random_seed(cfg.seed)
+    policy = resolve_precision(cfg.precision)
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
+    """The configured schedule over the whole run, or a constant rate."""
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    total = cfg.epochs * steps_per_epoch
+    params = dict(cfg.schedule_params)
+    if cfg.schedule == "warmup_cosine":
+        warmup_epochs = params.pop("warmup_epochs", 1.0)
+        params.setdefault("warmup_steps", min(int(warmup_epochs * steps_per_epoch), total))
+    return SCHEDULES.build(cfg.schedule, peak_lr=cfg.learning_rate, total_steps=total, **params)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = learning_rate(cfg, steps_per_epoch)
+    clip = {"clipnorm": cfg.clipnorm, "clipvalue": cfg.clipvalue,
+            "global_clipnorm": cfg.global_clipnorm}
+    clip = {k: v for k, v in clip.items() if v is not None}
+    if "clipnorm" in clip and "global_clipnorm" in clip:
+        raise ValueError("set train.clipnorm or train.global_clipnorm, not both")
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **clip)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, **clip)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **clip)
+    return keras.optimizers.RMSprop(lr, **clip)
+
+
+def compile_for(model: keras.Model, task: str, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    if task == "classification":
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+    else:
+        loss, metrics = "mse", ["mae"]
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
+
+
+@dataclass
+class TrainResult:
+    """What `fit` did: the Keras history and how training ended."""
+
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int | None
+    stopped_early: bool
+    diagnosis: dict[str, Any] | None = None  # set when the loss became NaN/inf
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: int,
+        callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train a compiled model on `splits.train`, validating on `splits.val`.
+
+    Early stopping restores the best weights. A non-finite loss stops training
+    and is reported in `TrainResult.diagnosis` (the caller decides how to fail).
+    """
+    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
+    val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
+    guard = TerminateOnNonFinite()
+    cbs: list[keras.callbacks.Callback] = [guard]
+    stopper = None
+    es = cfg.early_stopping
+    if es.enabled:
+        if val_ds is None and es.monitor.startswith("val_"):
+            raise ValueError(f"early stopping monitors {es.monitor!r} but there is no "
+                             "validation split: set data.val_fraction > 0")
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta,
+            restore_best_weights=True, verbose=0)
+        cbs.append(stopper)
+    cbs.extend(callbacks)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=cbs,
+                        shuffle=False,  # train_ds shuffles itself, seeded
+                        verbose=cfg.verbose)
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    epochs_run = len(hist.get("loss", []))
+    stopped = stopper is not None and stopper.stopped_epoch > 0
+    best = None
+    if stopper is not None and stopper.best_epoch is not None and epochs_run:
+        best = int(stopper.best_epoch) + 1
+    return TrainResult(hist, epochs_run, best, stopped, guard.diagnosis)
+
+
+def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float32")
+
+
+def score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Task metrics from predictions: accuracy/loss for classifiers, mse/mae/r2 otherwise."""
+    if task == "classification":
+        p = np.clip(y_pred[np.arange(len(y_true)), y_true], 1e-7, 1.0)
+        return {"accuracy": float(np.mean(np.argmax(y_pred, -1) == y_true)),
+                "loss": float(-np.mean(np.log(p)))}
+    y_true = y_true.reshape(y_pred.shape)
+    err = y_pred - y_true
+    ss_tot = float(np.sum((y_true - y_true.mean(axis=0)) ** 2))
+    return {"mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err))),
+            "r2": float(1 - np.sum(err ** 2) / ss_tot) if ss_tot > 0 else float("nan")}
+
+
+def evaluate(model: keras.Model, split: Split, task: str) -> dict[str, float]:
+    return score(task, split.y, predict(model, split.x))
+
+
+def primary_metric(task: str) -> tuple[str, str]:
+    """The metric a task is judged by, and whether higher ("max") or lower is better."""
+    return ("accuracy", "max") if task == "classification" else ("mse", "min")

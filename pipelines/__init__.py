@@ -1,0 +1,1 @@
+"""kdl pipelines: recipes -> stages (train, export, ...) -> run directory + MLflow."""

@@ -1,0 +1,150 @@
+"""`python -m pipelines ...`: parse, build the config, call one function.
+
+Exit codes: 0 success; 1 a stage ran and failed (diverged, missed a
+threshold); 2 bad input (unknown recipe or key, wrong type, missing file),
+reported in one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines",
+                                description="Train, compress, export and verify kdl models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe's stages")
+    run.add_argument("recipe", help="a recipe name (see `list`) or a path to a .yaml file")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=3")
+    run.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
+    sub.add_parser("list", help="list recipes, models, datasets, schedules and formats")
+    export = sub.add_parser("export", help="export and verify an earlier run directory")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override the run's config, e.g. "
+                        "export.formats=[tflite_fp32,tflite_int8]")
+    bench = sub.add_parser("bench", help="benchmark the exported files of an earlier run "
+                           "directory (latency, throughput, size, memory)")
+    bench.add_argument("run_dir", type=Path)
+    bench.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override the run's config, e.g. "
+                       "bench.threads=[1,4] bench.budget_s=2")
+    verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
+                            "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
+    verify.add_argument("bundle_dir", type=Path)
+    verify.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
+    sub.add_parser("config", help="print the default config as YAML")
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_list() -> int:
+    import kdl.data  # noqa: F401
+    import kdl.models  # noqa: F401
+    import kdl.schedules  # noqa: F401
+    from kdl.config import available_recipes
+    from kdl.export import FORMATS
+    from kdl.registry import DATASETS, MODELS, SCHEDULES
+
+    print("recipes:  " + ", ".join(available_recipes()))
+    for title, registry in (("models", MODELS), ("datasets", DATASETS),
+                            ("schedules", SCHEDULES)):
+        print(f"{title}:")
+        for entry in registry:
+            extra = (f" [presets: {', '.join(sorted(entry.presets))}]" if entry.presets else "")
+            print(f"  {entry.name:<16} {entry.doc}{extra}")
+    print("export formats:")
+    for f in FORMATS.values():
+        print(f"  {f.name:<16} {f.filename:<22} {f.description}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from kdl.config import load_config
+    from pipelines.run import run_pipeline, summary_table
+
+    cfg = load_config(args.recipe, args.overrides)
+    stages = args.stages.split(",") if args.stages else None
+    if stages:
+        from kdl.config import STAGES
+
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    run_dir, results, tracker = run_pipeline(cfg, stages)
+    print()
+    print(summary_table(run_dir, results, tracker))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate, yaml_load
+    from pipelines.run import Context, run_stages, summary_table
+    from pipelines.tracking import Tracker
+
+    run_dir = args.run_dir.resolve()
+    if not (run_dir / "config.yaml").is_file():
+        return _error(f"{run_dir} is not a kdl run directory (no config.yaml); "
+                      "RUN= takes a directory under saved_models/<experiment>/")
+    data = to_dict(from_dict(yaml_load((run_dir / "config.yaml").read_text())))
+    for text in args.overrides:
+        merge_override(data, *parse_override(text))
+    cfg = from_dict(data)
+    validate(cfg)
+    tracker = Tracker(cfg.tracking, cfg.name)
+    run_info = run_dir / "run.json"
+    parent = None
+    if run_info.is_file():
+        import json
+
+        parent = json.loads(run_info.read_text()).get("mlflow_run_id")
+    tracker.start(run_dir.name, {}, parent_id=parent)
+    results = run_stages(Context(cfg, run_dir, tracker), [args.command])  # export | bench
+    print(summary_table(run_dir, results, tracker))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
+        from pipelines.verify_bundle import main as verify_main
+
+        return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
+    from kdl.config import ConfigError
+    from kdl.data import DataError
+    from kdl.export.litert import ExportFileError
+    from kdl.registry import UnknownNameError
+
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "config":
+            import yaml
+
+            from kdl.config import ExperimentConfig, to_dict
+
+            print(yaml.safe_dump(to_dict(ExperimentConfig()), sort_keys=False))
+            return 0
+        if args.command in ("export", "bench"):
+            return cmd_export(args)
+        return cmd_run(args)
+    except (ConfigError, DataError, ExportFileError, UnknownNameError, FileNotFoundError) as e:
+        return _error(str(e))
+    except Exception as e:
+        from pipelines.run import StageFailed
+
+        if isinstance(e, StageFailed):
+            print(f"\nFAILED: {e}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,105 @@
+"""The export stage's last step: the mobile bundle, its verification, the registry.
+
+After every exported file passed parity, `write_and_verify_bundle` writes
+`<run>/bundle/` (the chosen `.tflite` files, `contract.json`, `golden.json`),
+replays it with the standalone checker (`pipelines/verify_bundle.py`: numpy and
+ai-edge-litert only), and only then moves it into place. `register_candidate`
+logs the bundle to MLflow, registers it as a model version with the run's
+lineage in its tags, and points the alias `candidate` at it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdl.export.bundle import replace_dir, write_bundle
+
+CANDIDATE_ALIAS = "candidate"
+
+
+class BundleVerificationError(RuntimeError):
+    """The bundle's golden vectors did not replay (or the bundle is malformed)."""
+
+
+def bundle_formats(cfg, report: dict[str, Any]) -> list[str]:
+    """The `.tflite` formats that go into the bundle (config, else every exported one)."""
+    exported = [f for f in report["formats"] if f.startswith("tflite")]
+    return [f for f in (cfg.export.bundle or exported) if f in exported]
+
+
+def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
+                            report: dict[str, Any]) -> dict[str, Any]:
+    """Writes `<run_dir>/bundle/` and proves it with the standalone checker.
+
+    Returns:
+        A summary (`bundle_dir`, `bundle_files`, `golden_examples`), empty if
+        no `.tflite` format was exported.
+
+    Raises:
+        BundleVerificationError: with the checker's report; no bundle is left.
+    """
+    from pipelines.verify_bundle import verify_bundle
+
+    cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
+    formats = bundle_formats(cfg, report)
+    if not formats:
+        return {}
+    export_dir = run_dir / "export"
+    n = min(cfg.export.golden_examples, len(splits.test))
+    norm = splits.normalizer
+    raw = (splits.test.x[:n] * norm.std + norm.mean).astype("float32")  # as the app gets it
+    unverified = run_dir / ".bundle.unverified"
+    write_bundle(
+        unverified, {f: export_dir / report["formats"][f]["file"] for f in formats}, raw,
+        normalization=norm, label_names=splits.label_names, task=splits.task,
+        model_name=cfg.name, model_version=run_dir.name, source_run=str(run_dir),
+        reference_outputs=reference[:n],
+        metadata={"mlflow_run_id": tracker.parent_id, "experiment": tracker.experiment,
+                  "data_fingerprint": splits.fingerprint},
+    )
+    code, lines = verify_bundle(unverified)
+    if code != 0:
+        shutil.rmtree(unverified, ignore_errors=True)
+        raise BundleVerificationError("the mobile bundle does not verify:\n  "
+                                      + "\n  ".join(lines))
+    bundle_dir = run_dir / "bundle"
+    replace_dir(unverified, bundle_dir)
+    print("verify-bundle: " + "; ".join(lines))
+    return {"bundle_dir": bundle_dir, "bundle_files": len(formats), "golden_examples": n}
+
+
+def register_candidate(tracker, cfg, run_dir: Path, bundle_dir: Path,
+                       formats: list[str]) -> str | None:
+    """Logs the bundle, registers it as a model version, sets alias `candidate`.
+
+    Returns:
+        The registered version ("<name> v<N>"), or None when tracking or
+        registration is off or failed (the tracker warns once; files stay).
+    """
+    tracker.log_artifact(bundle_dir, "bundle")
+    if not (cfg.tracking.register_model and tracker.enabled and tracker.run_id):
+        return None
+    name = cfg.tracking.model_name or f"kdl-{tracker.experiment}"
+    run_id = tracker.run_id
+
+    def _register():
+        from mlflow.exceptions import MlflowException
+
+        client = tracker.client
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+        source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
+        tags = {"kind": "mobile-bundle", "verify_bundle": "passed",
+                "source_run": tracker.parent_id or "", "export_run": run_id,
+                "run_dir": str(run_dir), "formats": ",".join(formats)}
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        client.set_registered_model_alias(name, CANDIDATE_ALIAS, mv.version)
+        return f"{name} v{mv.version}"
+
+    return tracker._safe("register bundle", _register)

@@ -1,0 +1,89 @@
+"""The train stage: data -> model -> fit -> evaluate -> run directory + MLflow."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from kdl import training
+from kdl.config import ExperimentConfig
+from kdl.data import DataSplits, load_splits
+from kdl.io import atomic_path, atomic_write_json
+from kdl.models import build_model
+from pipelines import plots
+
+
+def load_data(cfg: ExperimentConfig) -> DataSplits:
+    """The recipe's dataset, split and normalized exactly as in training."""
+    d = cfg.data
+    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
+               if v is not None}
+    return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                       seed=d.seed, normalize=d.normalize, **options)
+
+
+def save_model(model: keras.Model, path) -> None:
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def run(ctx) -> dict:
+    from pipelines.run import StageFailed
+
+    cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
+    policy = training.prepare(cfg.train)
+    splits = load_data(cfg)
+    ctx.state["splits"] = splits
+    atomic_write_json(run_dir / "preprocessing.json", {
+        "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
+        "task": splits.task, "label_names": splits.label_names,
+        "data_fingerprint": splits.fingerprint})
+    tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
+
+    model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
+                        task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+    steps = math.ceil(len(splits.train) / cfg.data.batch_size)
+    training.compile_for(model, splits.task, cfg.train, steps)
+    tracker.log_params({"precision_policy": policy, "params": model.count_params(),
+                        "train_examples": len(splits.train)})
+
+    result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
+                          callbacks=[tracker.keras_callback("train/"),
+                                     *ctx.state.get("callbacks", [])])
+    atomic_write_json(run_dir / "history.json", result.history)
+    if result.history.get("loss"):
+        plots.training_curves(result.history, run_dir / "training_curves.png")
+    if result.diagnosis is not None:
+        atomic_write_json(run_dir / "diagnosis.json", result.diagnosis)
+        tracker.log_artifact(run_dir)
+        raise StageFailed(f"training diverged: {result.diagnosis['message']}")
+
+    test = training.evaluate(model, splits.test, splits.task)
+    save_model(model, run_dir / "model.keras")
+    ctx.state["model_path"] = run_dir / "model.keras"
+    metrics = {f"test_{k}": v for k, v in test.items()}
+    metrics.update(epochs=result.epochs_run, best_epoch=result.best_epoch or result.epochs_run,
+                   stopped_early=result.stopped_early, params=model.count_params())
+    if splits.task == "classification":
+        y_pred = training.predict(model, splits.test.x).argmax(-1)
+        counts = plots.confusion_matrix(splits.test.y, y_pred, splits.label_names,
+                                        run_dir / "confusion_matrix.png")
+        metrics_file = {**metrics, "confusion_matrix": counts.tolist()}
+    else:
+        metrics_file = metrics
+    atomic_write_json(run_dir / "metrics.json", metrics_file)
+
+    numeric = {f"train/{k}": float(v) for k, v in metrics.items() if v is not None}
+    tracker.log_metrics(numeric)
+    tracker.log_metrics(numeric, run_id=tracker.parent_id)
+    for name in ("config.yaml", "preprocessing.json", "history.json", "metrics.json",
+                 "training_curves.png", "confusion_matrix.png"):
+        tracker.log_artifact(run_dir / name)
+    registered = cfg.tracking.model_name or f"kdl-{tracker.experiment}"
+    version = tracker.log_keras_model(model, np.asarray(splits.test.x[:4]),
+                                      registered if cfg.tracking.register_model else None)
+    if version is not None:
+        metrics["registered_version"] = f"{registered} v{version}"
+    return metrics

@@ -1,0 +1,246 @@
+"""MLflow tracking that never kills training.
+
+One parent run per pipeline invocation, one nested run per stage. Every call
+goes through `Tracker._safe`: the first MLflow error (server gone, disk full,
+bad response) prints one warning and turns tracking off for the rest of the
+invocation, while training and the artifacts on disk carry on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Fail fast when a tracking server is down, instead of MLflow's minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+import keras  # noqa: E402
+
+from kdl.config import TrackingConfig  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MAX_PARAM_LEN = 6000
+
+
+def default_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the project's own SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, text=True,
+                             capture_output=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"backend": keras.backend.backend(), "git_commit": git_commit(),
+            "python": sys.version.split()[0]}
+    for pkg in ("keras", "tensorflow", "jax", "torch", "mlflow", "ai-edge-litert"):
+        try:
+            tags[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return tags
+
+
+class Tracker:
+    """Wraps an MLflow client; see the module docstring for the failure policy.
+
+    Args:
+        cfg: the tracking section of the config.
+        experiment: the MLflow experiment name.
+    """
+
+    def __init__(self, cfg: TrackingConfig, experiment: str):
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.uri = cfg.uri or default_uri()
+        self.experiment = cfg.experiment or experiment
+        self.parent_id: str | None = None
+        self.run_id: str | None = None  # the run metrics go to: the stage's, else the parent
+        self.error: str | None = None
+        self._client = None
+        self._experiment_id = None
+
+    # -- failure policy ---------------------------------------------------------------
+
+    def _safe(self, what: str, fn: Callable, *args, **kwargs) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # any MLflow/network/storage error: warn once, stop tracking
+            self.enabled = False
+            self.error = f"{what}: {type(e).__name__}: {str(e)[:300]}"
+            warnings.warn(f"MLflow tracking disabled for the rest of this run ({self.error}). "
+                          "Training continues; artifacts on disk are complete.", stacklevel=2)
+            return None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is not None:
+                self._experiment_id = exp.experiment_id
+            else:
+                location = None
+                if self.uri.startswith("sqlite:///"):  # local store: artifacts beside it
+                    db = Path(self.uri.removeprefix("sqlite:///"))
+                    location = (db.parent / "mlartifacts").as_uri()
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=location)
+        return self._experiment_id
+
+    # -- runs -------------------------------------------------------------------------
+
+    def start(self, run_name: str, tags: dict[str, str], parent_id: str | None = None) -> None:
+        """Start the parent run (or, with `parent_id`, reattach to an earlier one)."""
+
+        def _start():
+            if parent_id:
+                return parent_id
+            return self.client.create_run(self._experiment(), run_name=run_name,
+                                          tags=tags).info.run_id
+
+        self.parent_id = self._safe("start run", _start)
+        self.run_id = self.parent_id
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """A nested run for one stage; FAILED if the block raises."""
+        parent = self.parent_id
+
+        def _start():
+            return self.client.create_run(
+                self._experiment(), run_name=name,
+                tags={"mlflow.parentRunId": parent, "stage": name}).info.run_id
+
+        stage_id = self._safe("start stage run", _start) if parent else None
+        self.run_id = stage_id or parent
+        try:
+            yield
+        except BaseException:
+            if stage_id:
+                self._safe("end stage run", self.client.set_terminated, stage_id, "FAILED")
+            raise
+        else:
+            if stage_id:
+                self._safe("end stage run", self.client.set_terminated, stage_id, "FINISHED")
+        finally:
+            self.run_id = parent
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self._safe("end run", self.client.set_terminated, self.parent_id, status)
+
+    # -- logging ----------------------------------------------------------------------
+
+    def log_params(self, params: dict[str, Any], run_id: str | None = None) -> None:
+        from mlflow.entities import Param
+
+        run_id = run_id or self.run_id
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            if run_id:
+                self._safe("log params", self.client.log_batch, run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None,
+                    run_id: str | None = None) -> None:
+        from mlflow.entities import Metric
+
+        run_id = run_id or self.run_id
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, int | float) and not isinstance(v, bool)]
+        if run_id and items:
+            self._safe("log metrics", self.client.log_batch, run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
+        run_id = run_id or self.run_id
+        for k, v in tags.items():
+            if run_id:
+                self._safe("set tag", self.client.set_tag, run_id, k, str(v))
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if not self.run_id or not path.exists():
+            return
+        fn = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+        self._safe(f"log artifact {path.name}", fn, self.run_id, str(path), artifact_path)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str,
+                  run_id: str | None = None) -> None:
+        """Log rows (dicts with the same keys) as an MLflow table (`mlflow.log_table`)."""
+        run_id = run_id or self.run_id
+        if not run_id or not rows:
+            return
+        columns = {k: [r.get(k) for r in rows] for k in rows[0]}
+        self._safe(f"log table {artifact_file}", self.client.log_table, run_id, columns,
+                   artifact_file)
+
+    def log_keras_model(self, model: keras.Model, example: Any, registered_name: str | None):
+        """Log the model with an input/output signature; register it if a name is given.
+
+        Returns the registered model version (or None).
+        """
+        if not self.run_id:
+            return None
+
+        def _log():
+            import mlflow
+            from mlflow.models import infer_signature
+
+            mlflow.set_tracking_uri(self.uri)
+            signature = infer_signature(example, model.predict(example, verbose=0))
+            reqs = [f"keras=={keras.__version__}"]
+            with mlflow.start_run(run_id=self.run_id):
+                info = mlflow.keras.log_model(model, name="model", signature=signature,
+                                              registered_model_name=registered_name,
+                                              pip_requirements=reqs)
+            return info.registered_model_version
+
+        return self._safe("log model", _log)
+
+    def keras_callback(self, prefix: str) -> keras.callbacks.Callback:
+        return _EpochMetrics(self, prefix)
+
+
+class _EpochMetrics(keras.callbacks.Callback):
+    """Logs each epoch's Keras logs (and the learning rate) as `<prefix><name>`."""
+
+    def __init__(self, tracker: Tracker, prefix: str):
+        super().__init__()
+        self.tracker, self.prefix = tracker, prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.tracker.enabled:
+            return
+        metrics = {f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}
+        try:
+            lr = self.model.optimizer.learning_rate
+            metrics[f"{self.prefix}learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        except (AttributeError, TypeError, ValueError):
+            pass
+        self.tracker.log_metrics(metrics, step=epoch + 1)

@@ -1,0 +1,104 @@
+"""kdl.training: schedule, precision policy, non-finite-loss guard, metrics."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from kdl import training
+from kdl.backend import resolve_precision
+from kdl.config import TrainConfig
+from kdl.data import DataSplits, Normalizer, Split
+from kdl.models import build_model
+from kdl.schedules import WarmupCosine
+
+
+def warmup_cosine_oracle(step, peak, total, warmup, ratio):
+    if step < warmup:
+        return peak * step / warmup
+    p = min(1.0, (step - warmup) / max(total - warmup, 1))
+    floor = peak * ratio
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def jitted(fn):
+    """Compile `fn` the way the backend's trainer does (torch runs it eagerly)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    return fn
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_warmup_cosine_matches_formula_eagerly_and_under_jit(warmup):
+    sched = WarmupCosine(peak_lr=0.1, total_steps=100, warmup_steps=warmup, min_lr_ratio=0.05)
+    compiled = jitted(lambda s: sched(s))
+    for step in [0, 1, 5, 9, 10, 11, 50, 99, 100, 150]:
+        want = warmup_cosine_oracle(step, 0.1, 100, warmup, 0.05)
+        got = float(keras.ops.convert_to_numpy(sched(step)))
+        got_jit = float(keras.ops.convert_to_numpy(compiled(keras.ops.convert_to_tensor(step))))
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-8), step
+        assert got_jit == pytest.approx(want, rel=1e-5, abs=1e-8), step
+
+
+def test_warmup_cosine_serializes_and_rejects_bad_steps():
+    sched = WarmupCosine(0.01, 50, 5, 0.1)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sched))
+    assert isinstance(again, WarmupCosine) and again.get_config() == sched.get_config()
+    with pytest.raises(ValueError, match="warmup_steps"):
+        WarmupCosine(0.01, total_steps=10, warmup_steps=20)
+
+
+def test_precision_policy():
+    assert resolve_precision("auto") == "float32"  # this CI machine has no accelerator
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_model("cnn", (8, 8, 1), 10, preset="tiny")
+        assert model.get_layer("conv_0").compute_dtype == "bfloat16"
+        out = model(np.zeros((2, 8, 8, 1), "float32"))
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"  # the head stays fp32
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _toy_regression(n=64, scale=1.0):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32") * scale
+    y = (x @ np.array([1.0, -2.0, 3.0, 0.5], "float32")) * scale
+    split = Split(x, y.astype("float32"))
+    return DataSplits(split, split, split, "regression", [], Normalizer.identity(x), "toy")
+
+
+def test_non_finite_loss_stops_training_with_a_diagnosis():
+    splits = _toy_regression(scale=1e3)
+    cfg = TrainConfig(epochs=5, optimizer="sgd", learning_rate=1e4, schedule="constant",
+                      clipnorm=None, verbose=0)
+    training.prepare(cfg)
+    model = build_model("mlp", (4,), 1, task="regression", preset="tiny")
+    training.compile_for(model, "regression", cfg, steps_per_epoch=4)
+    result = training.fit(model, splits, cfg, batch_size=16)
+    d = result.diagnosis
+    assert d is not None
+    assert result.epochs_run <= 2
+    assert d["epoch"] == 1 and d["step"] >= 1
+    assert not math.isfinite(d["loss"])
+    assert d["learning_rate"] == pytest.approx(1e4)
+    assert "learning rate" in d["message"] and f"epoch {d['epoch']}" in d["message"]
+
+
+def test_score_matches_numpy_definitions():
+    y = np.array([0, 1, 2, 1])
+    p = np.array([[.8, .1, .1], [.2, .7, .1], [.5, .3, .2], [.1, .8, .1]], "float32")
+    s = training.score("classification", y, p)
+    assert s["accuracy"] == 0.75
+    assert s["loss"] == pytest.approx(-np.mean(np.log([.8, .7, .2, .8])), rel=1e-6)
+    r = training.score("regression", np.array([1.0, 2.0, 3.0]), np.array([[1.0], [2.0], [4.0]]))
+    assert r["mse"] == pytest.approx(1 / 3) and r["r2"] == pytest.approx(1 - 1 / 2)

@@ -6,6 +6,7 @@ and computes normalization statistics on the training split only.
 """
 
 from kdl.data import sources  # noqa: F401  (registers the built-in datasets)
+from kdl.data import synthetic  # noqa: F401  (generated sequence and graph datasets)
 from kdl.data.core import (
     DataError,
     DataSplits,

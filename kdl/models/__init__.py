@@ -6,7 +6,16 @@ registered with `presets` (a `tiny` one always) and the `tasks` it supports.
 Classifiers end in a float32 softmax; regressors in a float32 linear layer.
 """
 
-from kdl.models import cnn, generative, mlp, resnet, rnn, tcn, transformer  # noqa: F401
+from kdl.models import (  # noqa: F401
+    cnn,
+    gcn,
+    generative,
+    mlp,
+    resnet,
+    rnn,
+    tcn,
+    transformer,
+)
 from kdl.models.heads import output_head
 from kdl.registry import MODELS
 

@@ -21,7 +21,8 @@ How to feed a model comes from its registry entry's `harness` metadata:
 - supervised models (`build(input_shape, num_outputs, *, task, ...)`):
   `{"input_shape": (8, 8, 1), "num_outputs": 3, "vocab": None,
   "output_shape": None}` (defaults shown; `vocab` makes integer token input,
-  `output_shape` overrides `(num_outputs,)`, `targets` is a function
+  `output_shape` overrides `(num_outputs,)`, `inputs` is a function
+  `(rng, batch) -> x` for structured input, `targets` a function
   `(rng, batch, task) -> y` for unusual targets).
 - custom-training models (`CustomTrainModel` subclasses):
   `{"kwargs": {...}, "example": fn(rng, batch) -> (call_input, fit_x)}`;
@@ -98,7 +99,10 @@ def make_case(name: str, task: str | None = None, batch: int = BATCH, seed: int 
     if task in SUPERVISED:
         input_shape = h.get("input_shape", (8, 8, 1))
         num_outputs = int(h.get("num_outputs", 3)) if task == "classification" else 2
-        if isinstance(input_shape, list):  # several inputs
+        if "inputs" in h:  # inputs with structure (a graph's adjacency, ...)
+            input_shape = tuple(input_shape)
+            x = h["inputs"](rng, batch)
+        elif isinstance(input_shape, list):  # several inputs
             input_shape = tuple(tuple(s) for s in input_shape)
             x = [_inputs(rng, batch, s, h.get("vocab")) for s in input_shape]
         else:

@@ -90,4 +90,4 @@ def resolve_precision(policy: str) -> str:
     return "float32"
 
 
-from kdl.backend.training import CustomTrainModel, OptimizerGroup  # noqa: E402
+from kdl.backend.training import CustomTrainModel, OptimizerGroup  # noqa: E402, F401

@@ -9,6 +9,7 @@ Classifiers end in a float32 softmax; regressors in a float32 linear layer.
 from kdl.models import (  # noqa: F401
     cnn,
     contrastive,
+    dqn,
     gcn,
     generative,
     mlp,

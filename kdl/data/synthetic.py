@@ -54,16 +54,17 @@ def community_graph(rng, nodes: int, communities: int, p_in: float, p_out: float
     return a, c
 
 
-@DATASETS.register("graph_communities", task="classification", input="graph 16 nodes")
-def graph_communities(graphs: int = 150, nodes: int = 16, communities: int = 3,
-                      features: int = 4, p_in: float = 0.6, p_out: float = 0.05,
-                      signal: float = 0.6, seed: int = 0) -> RawData:
+@DATASETS.register("graph_communities", task="classification", input="graph 20 nodes")
+def graph_communities(graphs: int = 120, nodes: int = 20, communities: int = 3,
+                      features: int = 4, p_in: float = 0.8, p_out: float = 0.05,
+                      signal: float = 1.0, seed: int = 0) -> RawData:
     """Node classification on stochastic-block-model graphs with community structure.
 
     Each node's features are a weak, noisy hint of its community (a one-hot of
     strength `signal` plus unit Gaussian noise); its neighbours share the
     community, so aggregating over the graph (a GCN) beats reading the node
-    alone (an MLP). One example per (graph, node):
+    alone (an MLP). With the defaults, the argmax of a node's own hint is right
+    62% of the time, that of its 2-hop GCN-normalized average 90%. One example per (graph, node):
     `x = [node features (nodes, features) | adjacency (nodes, nodes) | one-hot of
     the target node (nodes, 1)]`, shape `(nodes, features + nodes + 1)`;
     `y` is the target node's community. Use `normalize: false` (the adjacency

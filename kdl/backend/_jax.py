@@ -61,3 +61,22 @@ def train_step(model, state, data):
         [values[id(v)] for v in model.metrics_variables],
     )
     return results, new_state
+
+
+def test_step(model, state, data):
+    trainable, non_trainable, metrics_values = state
+    tv, ntv, mv = model.trainable_variables, model.non_trainable_variables, model.metrics_variables
+    mapping = list(zip(tv, trainable, strict=True)) + list(zip(ntv, non_trainable, strict=True))
+    metrics_map = dict(zip([id(v) for v in mv], metrics_values, strict=True))
+    for group, _, _ in model.train_groups(need_optimizer=False):
+        with keras.StatelessScope(state_mapping=mapping):  # updates are discarded
+            _, logs = model.group_loss(group, data)
+        with keras.StatelessScope(state_mapping=[(v, metrics_map[id(v)]) for v in mv]) as scope:
+            model.update_trackers(logs)
+        for v in mv:
+            x = scope.get_current_value(v)
+            if x is not None:
+                metrics_map[id(v)] = x
+    with keras.StatelessScope(state_mapping=[(v, metrics_map[id(v)]) for v in mv]):
+        results = model.tracker_results()
+    return results, (trainable, non_trainable, [metrics_map[id(v)] for v in mv])

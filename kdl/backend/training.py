@@ -17,10 +17,13 @@ from kdl.backend.optimizers import OptimizerGroup
 BACKEND = keras.backend.backend()
 
 if BACKEND == "tensorflow":
+    from kdl.backend._tensorflow import test_step as _test_step
     from kdl.backend._tensorflow import train_step as _train_step
 elif BACKEND == "jax":
+    from kdl.backend._jax import test_step as _test_step
     from kdl.backend._jax import train_step as _train_step
 elif BACKEND == "torch":
+    from kdl.backend._torch import test_step as _test_step
     from kdl.backend._torch import train_step as _train_step
 else:  # pragma: no cover
     raise ImportError(f"kdl supports the tensorflow, jax and torch backends, not {BACKEND!r}")
@@ -91,10 +94,12 @@ class CustomTrainModel(keras.Model):
         # compile() is custom: a reloaded model is compiled again by its user.
         return {}
 
-    def train_groups(self):
+    def train_groups(self, need_optimizer=True):
         """`(group, variables, optimizer)` for each group, in update order."""
         groups = self.optimizer_groups()
         opt = getattr(self, "optimizer", None)
+        if opt is None and not need_optimizer:
+            return [(g, list(vs), None) for g, vs in groups.items()]
         if opt is None:
             raise ValueError(f"compile {type(self).__name__} with an optimizer before fit")
         return [(g, list(vs), opt[g] if isinstance(opt, OptimizerGroup) else opt)
@@ -110,4 +115,8 @@ class CustomTrainModel(keras.Model):
 
     def train_step(self, *args):
         return _train_step(self, *args)
+
+    def test_step(self, *args):
+        # the training losses on a batch, no updates (`evaluate`, `validation_data`)
+        return _test_step(self, *args)
 

@@ -82,3 +82,14 @@ def test_compile_rejects_a_loss_and_a_dict_for_one_group():
 def test_fit_without_compile_says_so():
     with pytest.raises(ValueError, match="compile"):
         TwoGroups().train_groups()
+
+
+def test_evaluate_and_validation_report_losses_without_updates():
+    model = TwoGroups()
+    model.compile({"a": keras.optimizers.SGD(0.1), "b": keras.optimizers.SGD(0.5)})
+    x = np.zeros((4, 1), "float32")
+    logs = model.evaluate(x, batch_size=4, verbose=0, return_dict=True)
+    np.testing.assert_allclose([logs["loss_a"], logs["loss_b"]], [1.0, 9.0], rtol=1e-5)
+    assert float(model.a.numpy()) == 0.0 and float(model.calls.numpy()) == 0.0
+    hist = model.fit(x, validation_data=(x,), batch_size=4, epochs=1, verbose=0)
+    assert "val_loss_a" in hist.history

@@ -104,7 +104,7 @@ def _example(rng, batch):
     return x, x
 
 
-@MODELS.register("simclr", presets=PRESETS, tasks=("self_supervised",),
+@MODELS.register("simclr", presets=PRESETS, tasks=("self_supervised",), data_arg="input_shape",
                  harness={"kwargs": {"input_shape": (8, 8, 1)}, "example": _example,
                           "output_shape": (4,)})
 def simclr(input_shape, *, kind="conv", widths=(32, 64), representation_dim=64,

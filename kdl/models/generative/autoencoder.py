@@ -80,7 +80,7 @@ class Autoencoder(CustomTrainModel):
                 "noise_std": self.noise_std, "seed": self.seed}
 
 
-@MODELS.register("autoencoder", presets=AE_PRESETS, tasks=("generative",),
+@MODELS.register("autoencoder", presets=AE_PRESETS, tasks=("generative",), data_arg="input_shape",
                  harness={"kwargs": {"input_shape": (8, 8, 1)}, "example": _example})
 def autoencoder(input_shape, *, latent_dim=16, kind="dense", widths=(128,), noise_std=0.0,
                 seed=0, name="autoencoder"):
@@ -169,7 +169,7 @@ class VAE(CustomTrainModel):
                 "likelihood": self.likelihood, "beta": self.beta, "seed": self.seed}
 
 
-@MODELS.register("vae", presets=VAE_PRESETS, tasks=("generative",),
+@MODELS.register("vae", presets=VAE_PRESETS, tasks=("generative",), data_arg="input_shape",
                  harness={"kwargs": {"input_shape": (8, 8, 1)}, "example": _example})
 def vae(input_shape, *, latent_dim=8, kind="dense", widths=(128,), likelihood="gaussian",
         beta=1.0, seed=0, name="vae"):

@@ -126,7 +126,7 @@ def _example(rng, batch):
     return [x, rng.integers(0, 10, size=(batch,)).astype("int32")], x
 
 
-@MODELS.register("ddpm", presets=PRESETS, tasks=("generative",),
+@MODELS.register("ddpm", presets=PRESETS, tasks=("generative",), data_arg="image_shape",
                  harness={"kwargs": {"image_shape": (8, 8, 1)}, "example": _example,
                           "output_shape": (8, 8, 1)})
 def ddpm(image_shape, *, timesteps=200, schedule="linear", widths=(64, 64), time_dim=32,

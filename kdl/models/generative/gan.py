@@ -122,7 +122,7 @@ def _example(rng, batch):
     return z, rng.uniform(-1, 1, size=(batch, 8, 8, 1)).astype("float32")
 
 
-@MODELS.register("gan", presets=PRESETS, tasks=("generative",),
+@MODELS.register("gan", presets=PRESETS, tasks=("generative",), data_arg="image_shape",
                  harness={"kwargs": {"image_shape": (8, 8, 1)}, "example": _example,
                           "output_shape": (8, 8, 1)})
 def gan(image_shape, *, latent_dim=32, architecture="mlp", widths=(256,), seed=0, name="gan"):
@@ -131,7 +131,7 @@ def gan(image_shape, *, latent_dim=32, architecture="mlp", widths=(256,), seed=0
 
 
 @MODELS.register("dcgan", presets={"tiny": PRESETS["dcgan_tiny"], "default": PRESETS["dcgan"]},
-                 tasks=("generative",),
+                 tasks=("generative",), data_arg="image_shape",
                  harness={"kwargs": {"image_shape": (8, 8, 1)}, "example": _example,
                           "output_shape": (8, 8, 1)})
 def dcgan(image_shape, *, latent_dim=32, architecture="dcgan", widths=(64, 32), seed=0,

@@ -5,6 +5,7 @@ from keras import ops
 
 def gaussian_kl(mean, log_var):
     """`KL(N(mean, exp(log_var)) || N(0, I))` per example, summed over latent dims."""
+    mean, log_var = ops.convert_to_tensor(mean), ops.convert_to_tensor(log_var)
     return -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), axis=-1)
 
 
@@ -24,6 +25,7 @@ def vae_elbo(x, reconstruction, mean, log_var, likelihood="gaussian"):
         `-mean(elbo)`. The Gaussian log-likelihood keeps its constant
         `-0.5 log(2 pi)` per dimension, so the ELBO is a true bound.
     """
+    x, reconstruction = ops.convert_to_tensor(x), ops.convert_to_tensor(reconstruction)
     axes = tuple(range(1, len(x.shape)))
     if likelihood == "gaussian":
         ll = -0.5 * ops.sum(ops.square(x - reconstruction) + ops.log(2.0 * 3.141592653589793),
@@ -38,4 +40,5 @@ def vae_elbo(x, reconstruction, mean, log_var, likelihood="gaussian"):
 
 def bce_with_logits(labels, logits):
     """Elementwise binary cross-entropy from logits, numerically stable."""
+    labels, logits = ops.convert_to_tensor(labels), ops.convert_to_tensor(logits)
     return ops.maximum(logits, 0.0) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits)))

@@ -1,4 +1,9 @@
-"""The only place in kdl with per-backend code: devices, precision, gradients, RNG, jit."""
+"""The only place in kdl with per-backend code: devices, precision, gradients, RNG, jit,
+and custom train steps.
+
+`CustomTrainModel` (see `kdl.backend.training`) lets models trained by their own
+losses (GAN, VAE, SimCLR, CLIP, DDPM, DQN) use `fit` on every backend.
+"""
 
 from __future__ import annotations
 
@@ -84,3 +89,6 @@ def resolve_precision(policy: str) -> str:
     if device == "gpu":
         return "mixed_bfloat16" if _gpu_supports_bf16() else "mixed_float16"
     return "float32"
+
+
+from kdl.backend.training import CustomTrainModel, OptimizerGroup  # noqa: E402, F401

@@ -5,7 +5,10 @@ examples, unsplit). `load_splits` turns it into seeded train/val/test splits
 and computes normalization statistics on the training split only.
 """
 
-from kdl.data import sources  # noqa: F401  (registers the built-in datasets)
+from kdl.data import (
+    sources,  # noqa: F401  (registers the built-in datasets)
+    synthetic,  # noqa: F401  (generated sequence and graph datasets)
+)
 from kdl.data.core import (
     DataError,
     DataSplits,

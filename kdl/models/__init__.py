@@ -6,7 +6,18 @@ registered with `presets` (a `tiny` one always) and the `tasks` it supports.
 Classifiers end in a float32 softmax; regressors in a float32 linear layer.
 """
 
-from kdl.models import cnn, mlp  # noqa: F401
+from kdl.models import (  # noqa: F401
+    cnn,
+    contrastive,
+    dqn,
+    gcn,
+    generative,
+    mlp,
+    resnet,
+    rnn,
+    tcn,
+    transformer,
+)
 from kdl.models.heads import output_head
 from kdl.registry import MODELS
 

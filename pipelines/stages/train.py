@@ -12,6 +12,7 @@ from kdl.config import ExperimentConfig
 from kdl.data import DataSplits, load_splits
 from kdl.io import atomic_path, atomic_write_json
 from kdl.models import build_model
+from kdl.registry import MODELS
 from pipelines import plots, toolkit
 
 
@@ -42,6 +43,8 @@ def run(ctx) -> dict:
         "data_fingerprint": splits.fingerprint})
     tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
 
+    if "data_arg" in MODELS.get(cfg.model.name).meta:  # trained by its own losses (zoo)
+        return run_custom(ctx, splits)
     model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
                         task=splits.task, preset=cfg.model.preset, **cfg.model.params)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size)
@@ -89,4 +92,48 @@ def run(ctx) -> dict:
                                       registered if cfg.tracking.register_model else None)
     if version is not None:
         metrics["registered_version"] = f"{registered} v{version}"
+    return metrics
+
+
+def run_custom(ctx, splits: DataSplits) -> dict:
+    """Train a `CustomTrainModel` (VAE, GAN, DDPM, SimCLR, ...) on the inputs alone.
+
+    Its registry entry names the argument that takes the data's shape
+    (`data_arg`); it is compiled with the configured optimizer (cloned per
+    group for several optimizers) and fitted with the usual callbacks. Metrics
+    are its own losses on the test split; models with `sample` also leave a
+    `samples.png` grid.
+    """
+    from pipelines.run import StageFailed
+
+    cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
+    entry = MODELS.get(cfg.model.name)
+    model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
+                         **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+    steps = math.ceil(len(splits.train) / cfg.data.batch_size)
+    model.compile(training.make_optimizer(cfg.train, steps))
+    result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
+                          callbacks=[tracker.keras_callback("train/"),
+                                     *ctx.state.get("callbacks", [])])
+    atomic_write_json(run_dir / "history.json", result.history)
+    if result.diagnosis is not None:
+        atomic_write_json(run_dir / "diagnosis.json", result.diagnosis)
+        raise StageFailed(f"training diverged: {result.diagnosis['message']}")
+    test = model.evaluate(splits.test.x, batch_size=cfg.data.batch_size, verbose=0,
+                          return_dict=True)
+    save_model(model, run_dir / "model.keras")
+    ctx.state["model_path"] = run_dir / "model.keras"
+    metrics = {f"test_{k}": float(v) for k, v in test.items()}
+    first = next(iter(result.history.values()), [])
+    metrics.update(epochs=len(first), params=model.count_params())
+    artifacts = ["config.yaml", "preprocessing.json", "history.json", "metrics.json"]
+    if hasattr(model, "sample"):
+        from kdl.models.generative import save_image_grid
+
+        save_image_grid(model.sample(64), run_dir / "samples.png")
+        artifacts.append("samples.png")
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
+    for name in artifacts:
+        tracker.log_artifact(run_dir / name)
     return metrics

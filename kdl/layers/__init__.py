@@ -1,0 +1,36 @@
+"""Custom layers shared by the model zoo (keras.ops only, registered as "kdl>Name")."""
+
+from kdl.layers.attention import (
+    MultiHeadAttention,
+    PaddingMask,
+    SinusoidalPositionEncoding,
+    TimestepEmbedding,
+    causal_mask,
+    scaled_dot_product_attention,
+    sinusoidal_encoding,
+)
+from kdl.layers.transformer import (
+    ClassToken,
+    LearnedPositionEmbedding,
+    PatchEmbedding,
+    TransformerDecoderBlock,
+    TransformerEncoderBlock,
+)
+
+__all__ = [
+    "ClassToken",
+    "LearnedPositionEmbedding",
+    "MultiHeadAttention",
+    "PaddingMask",
+    "PatchEmbedding",
+    "SinusoidalPositionEncoding",
+    "TransformerDecoderBlock",
+    "TimestepEmbedding",
+    "TransformerEncoderBlock",
+    "causal_mask",
+    "scaled_dot_product_attention",
+    "sinusoidal_encoding",
+]
+from kdl.layers.recurrent import AdditiveAttention  # noqa: E402
+
+__all__ += ["AdditiveAttention"]

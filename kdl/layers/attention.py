@@ -1,0 +1,218 @@
+"""Scaled dot-product and multi-head attention, sinusoidal positions, masks."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+def scaled_dot_product_attention(q, k, v, mask=None):
+    """`softmax(q k^T / sqrt(head_dim)) v`, per head.
+
+    Args:
+        q: `(batch, heads, query_len, head_dim)`.
+        k, v: `(batch, heads, key_len, head_dim)`.
+        mask: optional boolean, broadcastable to `(batch, heads, query_len,
+            key_len)`; True where a query may attend to a key.
+
+    Returns:
+        `(output, weights)`: `(batch, heads, query_len, head_dim)` and the
+        attention weights `(batch, heads, query_len, key_len)`.
+
+    The scale is the HEAD width, not the model width: with `d_model / heads`
+    per head the dot products have variance ~`head_dim`.
+    """
+    head_dim = q.shape[-1]
+    scores = ops.einsum("bhqd,bhkd->bhqk", q, k) / ops.cast(math.sqrt(head_dim), q.dtype)
+    scores = ops.cast(scores, "float32")  # softmax at full precision under mixed policies
+    if mask is not None:
+        scores = ops.where(ops.cast(mask, "bool"), scores, ops.full_like(scores, -1e9))
+    weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
+    return ops.einsum("bhqk,bhkd->bhqd", weights, v), weights
+
+
+def causal_mask(query_len, key_len=None):
+    """Boolean `(query_len, key_len)`: position t attends to positions <= t."""
+    key_len = query_len if key_len is None else key_len
+    i = ops.arange(query_len)[:, None]
+    j = ops.arange(key_len)[None, :]
+    return ops.greater_equal(i, j)
+
+
+def sinusoidal_encoding(length, dim, base=10000.0):
+    """The Transformer's positional encoding, `(length, dim)`, float32.
+
+    `PE[p, 2i] = sin(p / base^(2i/dim))`, `PE[p, 2i+1] = cos(p / base^(2i/dim))`.
+    """
+    pos = ops.cast(ops.arange(length), "float32")[:, None]
+    i = ops.cast(ops.arange(dim), "float32")[None, :]
+    even = ops.cast(ops.floor(i / 2.0) * 2.0, "float32")
+    angle = pos / ops.power(base, even / float(dim))
+    is_even = ops.equal(ops.mod(ops.arange(dim), 2), 0)[None, :]
+    return ops.where(is_even, ops.sin(angle), ops.cos(angle))
+
+
+@keras.saving.register_keras_serializable(package="kdl")
+class SinusoidalPositionEncoding(keras.layers.Layer):
+    """Adds the fixed sinusoidal positional encoding to `(batch, length, dim)` input.
+
+    Args:
+        scale_input: multiply the input by `sqrt(dim)` first, as the Transformer
+            does with its embeddings.
+        base: the wavelength base (10000 in the paper).
+
+    Call arguments:
+        x: `(batch, length, dim)`.
+    """
+
+    def __init__(self, scale_input=False, base=10000.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale_input = scale_input
+        self.base = base
+
+    def call(self, x):
+        length, dim = ops.shape(x)[1], x.shape[-1]
+        pe = ops.cast(sinusoidal_encoding(length, dim, self.base), x.dtype)
+        if self.scale_input:
+            x = x * ops.cast(math.sqrt(dim), x.dtype)
+        return x + pe[None]
+
+    def get_config(self):
+        return {**super().get_config(), "scale_input": self.scale_input, "base": self.base}
+
+
+@keras.saving.register_keras_serializable(package="kdl")
+class PaddingMask(keras.layers.Layer):
+    """`tokens != pad_id`, a boolean `(batch, length)` mask.
+
+    Args:
+        pad_id: the padding token id.
+    """
+
+    def __init__(self, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_id = pad_id
+
+    def call(self, tokens):
+        return ops.not_equal(tokens, self.pad_id)
+
+    def compute_output_spec(self, tokens):
+        return keras.KerasTensor(tokens.shape, dtype="bool")
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id}
+
+
+@keras.saving.register_keras_serializable(package="kdl")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention with query/key/value/output projections.
+
+    Args:
+        num_heads: number of heads.
+        model_dim: width of the projections; each head is `model_dim // num_heads`
+            wide and the scores are scaled by `sqrt(model_dim // num_heads)`.
+        dropout: dropout rate on the attention weights.
+        use_bias: biases in the projections.
+
+    Call arguments:
+        query: `(batch, query_len, dim)`.
+        value: `(batch, key_len, dim)`; defaults to `query` (self-attention).
+        attention_mask: boolean, broadcastable to `(batch, heads, query_len,
+            key_len)`; True where attention is allowed.
+        training: dropout on or off.
+
+    Returns:
+        `(batch, query_len, model_dim)`.
+
+    Example:
+
+    ```python
+    mha = MultiHeadAttention(num_heads=8, model_dim=512)
+    y = mha(x, x, attention_mask=causal_mask(10)[None, None])
+    ```
+    """
+
+    def __init__(self, num_heads, model_dim, dropout=0.0, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        if model_dim % num_heads:
+            raise ValueError(f"model_dim ({model_dim}) must be divisible by num_heads "
+                             f"({num_heads})")
+        self.num_heads = num_heads
+        self.model_dim = model_dim
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.head_dim = model_dim // num_heads
+        dense = dict(use_bias=use_bias, dtype=self.dtype_policy)
+        self.query_dense = keras.layers.Dense(model_dim, name="query", **dense)
+        self.key_dense = keras.layers.Dense(model_dim, name="key", **dense)
+        self.value_dense = keras.layers.Dense(model_dim, name="value", **dense)
+        self.output_dense = keras.layers.Dense(model_dim, name="output", **dense)
+        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.last_attention_weights = None
+
+    def build(self, query_shape, value_shape=None):
+        value_shape = query_shape if value_shape is None else value_shape
+        self.query_dense.build(query_shape)
+        self.key_dense.build(value_shape)
+        self.value_dense.build(value_shape)
+        self.output_dense.build((*query_shape[:-1], self.model_dim))
+
+    def _split(self, x):
+        b, t = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (b, t, self.num_heads, self.head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, query, value=None, attention_mask=None, training=None):
+        value = query if value is None else value
+        q = self._split(self.query_dense(query))
+        k = self._split(self.key_dense(value))
+        v = self._split(self.value_dense(value))
+        out, weights = scaled_dot_product_attention(q, k, v, attention_mask)
+        if self.dropout:
+            # dropout on the weights: recompute the weighted sum
+            weights = self.dropout_layer(weights, training=training)
+            out = ops.einsum("bhqk,bhkd->bhqd", weights, v)
+        b, t = ops.shape(out)[0], ops.shape(out)[2]
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (b, t, self.model_dim))
+        return self.output_dense(out)
+
+    def compute_output_shape(self, query_shape, value_shape=None, attention_mask_shape=None):
+        return (*query_shape[:-1], self.model_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads,
+                "model_dim": self.model_dim, "dropout": self.dropout, "use_bias": self.use_bias}
+
+
+@keras.saving.register_keras_serializable(package="kdl")
+class TimestepEmbedding(keras.layers.Layer):
+    """Sinusoidal embedding of integer timesteps: `(batch,) -> (batch, dim)`.
+
+    `[sin(t w_0..w_{h-1}), cos(t w_0..w_{h-1})]` with `w_i = base^(-i/h)`, `h = dim/2`.
+
+    Args:
+        dim: embedding width (even).
+        base: the wavelength base.
+    """
+
+    def __init__(self, dim, base=10000.0, **kwargs):
+        super().__init__(**kwargs)
+        if dim % 2:
+            raise ValueError(f"TimestepEmbedding dim must be even, got {dim}")
+        self.dim = dim
+        self.base = base
+
+    def call(self, t):
+        half = self.dim // 2
+        freqs = ops.exp(-math.log(self.base) * ops.cast(ops.arange(half), "float32") / half)
+        args = ops.cast(ops.reshape(t, (-1, 1)), "float32") * freqs[None]
+        return ops.cast(ops.concatenate([ops.sin(args), ops.cos(args)], axis=-1),
+                        self.compute_dtype)
+
+    def compute_output_shape(self, t_shape):
+        return (t_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "base": self.base}

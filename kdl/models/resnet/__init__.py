@@ -1,0 +1,3 @@
+from kdl.models.resnet.resnet import resnet
+
+__all__ = ["resnet"]

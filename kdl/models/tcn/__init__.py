@@ -1,0 +1,3 @@
+from kdl.models.tcn.tcn import tcn
+
+__all__ = ["tcn"]

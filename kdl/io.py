@@ -63,3 +63,16 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def save_figure(fig: Any, path: Path | str, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (the suffix picks the format), then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    return path

@@ -9,14 +9,13 @@ steepest negative slope against log-LR). The model passed in is not changed.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from kdl.callbacks.checkpoint import EpochShuffledData
+from kdl.io import save_figure
 from kdl.schedules import ExponentialDecay
 
 
@@ -182,15 +181,5 @@ def plot_lr_find(result: LRFindResult, path: str) -> str:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path)
     return path

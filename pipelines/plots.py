@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kdl.io import save_figure
+
 
 def _pyplot():
     import matplotlib
@@ -30,9 +32,7 @@ def training_curves(history: dict[str, list[float]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
@@ -51,6 +51,5 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
     ax.set(xticks=range(n), yticks=range(n), xticklabels=labels, yticklabels=labels,
            xlabel="predicted", ylabel="true", title="confusion matrix (test)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return counts

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 from keras import ops
+
+from kdl.io import save_figure
 
 
 def schedule_values(schedule, total_steps: int) -> np.ndarray:
@@ -50,15 +49,5 @@ def plot_schedule(schedule, total_steps: int, path: str, *, title: str | None = 
     ax.set_title(title or type(schedule).__name__)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path)
     return path

@@ -10,10 +10,7 @@ every format passed its thresholds.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from kdl.data import fingerprint
 from kdl.export import float32_model
 from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path, atomic_write_json
-from pipelines import mobile
+from pipelines import mobile, tf_process
 from pipelines.stages.train import load_data
 
 
@@ -35,11 +32,7 @@ def _run_worker(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
         from pipelines.export_worker import export_and_verify
 
         return export_and_verify(request)
-    req_path = workdir / "request.json"
-    req_path.write_text(json.dumps(request))
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.export_worker", str(req_path)],
-                          env=env, capture_output=True, text=True)
+    proc = tf_process.run_module("pipelines.export_worker", request, workdir)
     report_path = Path(request["out_dir"]) / "report.json"
     if not report_path.exists():
         raise RuntimeError(f"the TensorFlow export process failed (exit {proc.returncode}):\n"

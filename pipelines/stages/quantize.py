@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from kdl import training
 from kdl.compress.report import count_params, file_sizes, table
 from kdl.data import fingerprint
 from kdl.io import atomic_write_json, atomic_write_text
+from pipelines import tf_process
 
 FORMAT_SUFFIX = {"tflite_fp32": "fp32", "tflite_int8": "int8"}
 
@@ -65,11 +65,7 @@ def convert_and_score(request: dict[str, Any]) -> dict[str, Any]:
 def _convert(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if keras.backend.backend() == "tensorflow":
         return convert_and_score(request)
-    req = workdir / "request.json"
-    req.write_text(json.dumps(request))
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.stages.quantize", str(req)],
-                          env=env, capture_output=True, text=True)
+    proc = tf_process.run_module("pipelines.stages.quantize", request, workdir)
     out = workdir / "result.json"
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"the TensorFlow conversion process failed (exit "

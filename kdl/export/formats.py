@@ -116,8 +116,36 @@ def _flex_ops(message: str) -> list[str]:
     return sorted(ops)
 
 
+def _static_batch_saved_model(model, directory: Path) -> Path:
+    """The model exported with a batch-1 input signature (static shapes throughout)."""
+    import tensorflow as tf
+
+    spec = model.inputs[0]
+    signature = [tf.TensorSpec((1, *spec.shape[1:]), spec.dtype)]
+    model.export(str(directory), format="tf_saved_model", verbose=False,
+                 input_signature=signature)
+    return directory
+
+
 def _convert_tflite(saved_model: Path, path: Path, *, allow_flex_ops: bool = False,
-                    setup: Callable | None = None):
+                    setup: Callable | None = None, model=None):
+    """Convert; a recurrent model whose dynamic batch keeps TensorList ops is
+    converted again from a batch-1 SavedModel, which lowers them to builtins
+    (an app runs one example at a time anyway)."""
+    try:
+        _convert_once(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup)
+    except ExportError as e:
+        if model is None or "tensor list" not in str(e).lower() or len(model.inputs) != 1:
+            raise
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            static = _static_batch_saved_model(model, Path(tmp) / "saved_model")
+            _convert_once(static, path, allow_flex_ops=allow_flex_ops, setup=setup)
+
+
+def _convert_once(saved_model: Path, path: Path, *, allow_flex_ops: bool = False,
+                  setup: Callable | None = None):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -145,19 +173,23 @@ def _convert_tflite(saved_model: Path, path: Path, *, allow_flex_ops: bool = Fal
                 f"({', '.join(ops) or 'see the converter log'}). Replace those layers, or "
                 "set export.allow_flex_ops=true (the app then needs the Flex delegate)."
             ) from None
+        if "tensor list" in text.lower():
+            raise ExportError(f"{path.name}: TFLite conversion failed: tensor list ops could "
+                              f"not be lowered: {text[-1500:]}") from None
         raise ExportError(f"{path.name}: TFLite conversion failed: {text[-2000:]}") from None
     path.write_bytes(data)
 
 
 def _tflite_fp32(model, path, *, saved_model, allow_flex_ops=False, **_):
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops)
+    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, model=model)
 
 
 def _tflite_dynamic(model, path, *, saved_model, allow_flex_ops=False, **_):
     def setup(c, tf):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
 
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup)
+    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup,
+                    model=model)
 
 
 def _tflite_fp16(model, path, *, saved_model, allow_flex_ops=False, **_):
@@ -165,7 +197,8 @@ def _tflite_fp16(model, path, *, saved_model, allow_flex_ops=False, **_):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
         c.target_spec.supported_types = [tf.float16]
 
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup)
+    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup,
+                    model=model)
 
 
 def check_representative(model, representative: np.ndarray | None) -> np.ndarray:
@@ -195,7 +228,8 @@ def _tflite_int8(model, path, *, saved_model, representative=None, float_io=Fals
             c.inference_input_type = tf.int8
             c.inference_output_type = tf.int8
 
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup)
+    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup,
+                    model=model)
 
 
 ONNX_PACKAGES = "pip install onnx==1.23.2 onnxruntime==1.31.1 tf2onnx==1.17.0"

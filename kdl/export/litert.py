@@ -64,6 +64,8 @@ class LiteRTRunner:
                                   f"found {len(inputs)} and {len(outputs)}")
         self.input, self.output = inputs[0], outputs[0]
         self._batch = int(self.input["shape"][0])
+        # A file converted with a static batch (recurrent models) cannot be resized.
+        self.fixed_batch = int(self.input.get("shape_signature", [-1])[0]) != -1
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:
@@ -83,6 +85,12 @@ class LiteRTRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype="float32")
+        if self.fixed_batch and len(x) != self._batch:
+            if len(x) % self._batch:
+                raise ValueError(f"{self.path.name} takes batches of exactly {self._batch}; "
+                                 f"got {len(x)} examples")
+            return np.concatenate([self(x[i:i + self._batch])
+                                   for i in range(0, len(x), self._batch)])
         dtype = self.input["dtype"]
         if np.issubdtype(dtype, np.integer):
             scale, zp = self.input["quantization"]

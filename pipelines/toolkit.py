@@ -63,7 +63,8 @@ def log_schedule_plot(ctx, model: keras.Model, total_steps: int) -> None:
     ctx.tracker.log_artifact(path)
 
 
-def _data_and_model(cfg: ExperimentConfig):
+def data_and_model(cfg: ExperimentConfig):
+    """Seeded data splits and the compiled model of a recipe (sanity, lr-find, tune)."""
     from kdl import training
     from kdl.models import build_model
     from pipelines.stages.train import load_data
@@ -81,7 +82,7 @@ def sanity(cfg: ExperimentConfig, log=print) -> bool:
     """Overfit one batch of the recipe's data with its model; True when it passes."""
     from kdl.sanity import overfit_one_batch
 
-    splits, model = _data_and_model(cfg)
+    splits, model = data_and_model(cfg)
     if splits.task != "classification":
         tolerance = 0.05 * float(splits.train.y.var())  # 5% of the variance left
     else:
@@ -102,7 +103,7 @@ def lr_find(cfg: ExperimentConfig, out_dir: Path | None = None, *, min_lr: float
     from kdl.lr_find import plot_lr_find
     from pipelines.run import output_root
 
-    splits, model = _data_and_model(cfg)
+    splits, model = data_and_model(cfg)
     result = sweep(model, splits.train.x, splits.train.y, min_lr=min_lr, max_lr=max_lr,
                    num_steps=num_steps, batch_size=cfg.data.batch_size, seed=cfg.train.seed)
     out_dir = out_dir or (output_root(cfg) / (cfg.tracking.experiment or cfg.name)

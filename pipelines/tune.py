@@ -123,15 +123,9 @@ class _Report(keras.callbacks.Callback):
 
 def _train_trial(cfg: ExperimentConfig, trial, tracker) -> tuple[float, bool]:
     from kdl import training
-    from kdl.models import build_model
-    from pipelines.stages.train import load_data
+    from pipelines.toolkit import data_and_model
 
-    training.prepare(cfg.train)
-    splits = load_data(cfg)
-    model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                        task=splits.task, preset=cfg.model.preset, **cfg.model.params)
-    steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-    training.compile_for(model, splits.task, cfg.train, steps)
+    splits, model = data_and_model(cfg)
     report = _Report(trial, cfg.tune.metric)
     result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
                           callbacks=[report, tracker.keras_callback("")])

@@ -38,10 +38,14 @@ export: venv ## export and verify an earlier run: make export RUN=saved_models/<
 	@test -n "$(RUN)" || { echo "usage: make export RUN=saved_models/<experiment>/<run>"; exit 2; }
 	KERAS_BACKEND=tensorflow $(PY) -m pipelines export $(RUN)
 
+# The fast suite is compile-bound on JAX (tiny models, many shapes): XLA's cheapest CPU
+# pipeline halves its CPU time. TensorFlow uses no XLA on CPU; the slow suite keeps the defaults.
+FAST_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
+
 test: venv ## the test suite, once per backend, each in its own process
 	@failed=""; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -m "not slow" -q -p no:cacheprovider $(PYTEST_ARGS) || failed="$$failed $$b"; \
+	  XLA_FLAGS="$(FAST_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$$b $(PY) -m pytest -m "not slow" -q -p no:cacheprovider $(PYTEST_ARGS) || failed="$$failed $$b"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
 

@@ -186,12 +186,13 @@ class QuantDense(keras.layers.Dense):
     """
 
     def call(self, inputs, input_scale=None, training=None):
-        x = ops.matmul(inputs, fake_quant_weights(self.kernel, axis=-1))
+        kernel = ops.convert_to_tensor(self.kernel)
+        x = ops.matmul(inputs, fake_quant_weights(kernel, axis=-1))
         if self.bias is not None:
-            bias = self.bias
+            bias = ops.convert_to_tensor(self.bias)
             if input_scale is not None:
                 bias = fake_quant_bias(bias, ops.multiply(
-                    input_scale, weight_scale(self.kernel, keepdims=False)))
+                    input_scale, weight_scale(kernel, keepdims=False)))
             x = ops.add(x, bias)
         if self.activation is not None:
             x = self.activation(x)
@@ -224,7 +225,8 @@ def _quant_conv(base):
 
         def _folded(self):
             """Kernel and bias with the batch norm folded in, as TFLite's converter folds them."""
-            kernel, bias = self.kernel, self.bias if self.use_bias else None
+            kernel = ops.convert_to_tensor(self.kernel)
+            bias = ops.convert_to_tensor(self.bias) if self.use_bias else None
             bn = self.batch_norm
             if bn is None:
                 return kernel, bias

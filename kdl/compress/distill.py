@@ -5,9 +5,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+# Smallest probability whose log is kept: float32's smallest normal number. A
+# larger floor (Keras's epsilon, 1e-7) flattens every class a confident teacher
+# gives less than 1e-7 to the same value, and erases the ranking of the wrong
+# classes that distillation transfers.
+PROB_FLOOR = 1.1754944e-38
+
 
 def _log_probs(y, from_logits: bool, temperature: float):
-    logits = y if from_logits else ops.log(ops.clip(ops.cast(y, "float32"), 1e-7, 1.0))
+    logits = y if from_logits else ops.log(ops.maximum(ops.cast(y, "float32"), PROB_FLOOR))
     return ops.log_softmax(ops.divide(ops.cast(logits, "float32"), temperature), axis=-1)
 
 

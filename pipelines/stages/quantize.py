@@ -78,7 +78,6 @@ def _convert(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def _qat_native(cfg, model, splits, out: Path, pruned: bool) -> keras.Model:
     from kdl.compress import MagnitudePruner
-    from kdl.compress.pruning import recalibrate_batch_norm
     from kdl.compress.qat import quantize_aware, strip_quantization
     from pipelines.stages.prune import compile_model
 
@@ -89,8 +88,9 @@ def _qat_native(cfg, model, splits, out: Path, pruned: bool) -> keras.Model:
     qat.fit(splits.train.x, splits.train.y, batch_size=cfg.data.batch_size,
             epochs=cfg.quantize.epochs, verbose=0, callbacks=callbacks,
             validation_data=(splits.val.x, splits.val.y))
+    # No batch-norm recalibration: QAT folds each BN with its statistics frozen, and the
+    # kernels were fine-tuned against those statistics.
     stripped = strip_quantization(qat, model)
-    recalibrate_batch_norm(stripped, splits.train.x)
     tmp = out.with_name(out.name + ".tmp.keras")
     stripped.save(tmp)
     os.replace(tmp, out)

@@ -117,11 +117,12 @@ def test_stripped_kernels_lie_on_int8_grid(trained):
 
 @pytest.mark.tf_only
 def test_int8_tflite_agrees_with_fake_quant_model(trained, digits, tmp_path):
-    """Full-int8 TFLite vs the calibrated fake-quant model: same scales, outputs within a step.
+    """Full-int8 TFLite vs the calibrated fake-quant model: same scales, every output within a step.
 
-    TFLite requantizes in fixed point, the fake-quant model in float; an
-    intermediate value may land one int8 step apart, so a few outputs (here
-    at most 1%) differ by 2 steps of the output scale (1/256).
+    The fake-quant model folds batch norm into the conv and puts biases on
+    TFLite's int32 grid, so its int8 tensors are those of the `.tflite`
+    (`benchmarks/qat_parity.py` compares them tensor by tensor); one step is
+    the margin the issue allows.
     """
     from kdl.compress.qat import activation_qparams
     from kdl.export import LiteRTRunner, export
@@ -142,6 +143,29 @@ def test_int8_tflite_agrees_with_fake_quant_model(trained, digits, tmp_path):
     y_tfl = runner.predict(digits.test.x)
     y_qat = np.asarray(qat.predict(digits.test.x, verbose=0))
     steps = np.round(np.abs(y_tfl - y_qat) / out_scale)
-    assert np.mean(steps <= 1) >= 0.99, np.unique(steps, return_counts=True)
-    assert steps.max() <= 2
+    assert steps.max() <= 1, np.unique(steps, return_counts=True)
     assert np.mean(y_tfl.argmax(1) == y_qat.argmax(1)) >= 0.99
+
+
+def test_batch_norm_folds_into_conv_and_strips_back(trained, digits):
+    """QAT folds each Conv+BN (statistics frozen); strip gives the BN its trained weights back."""
+    model, qat = trained
+    assert isinstance(qat.get_layer("bn_0"), keras.layers.Identity)
+    conv = qat.get_layer("conv_0")
+    assert conv.batch_norm["name"] == "bn_0"
+    stripped = strip_quantization(qat, model)
+    bn = stripped.get_layer("bn_0")
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(getattr(bn, name)),
+                                      keras.ops.convert_to_numpy(getattr(conv, name)))
+    # frozen statistics: QAT did not move them away from the float model's
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(conv.moving_mean),
+                                  keras.ops.convert_to_numpy(model.get_layer("bn_0").moving_mean))
+    x_q = keras.Model(qat.inputs, qat.get_layer("conv_0_input_quant").output[0]).predict(
+        digits.test.x[:16], verbose=0)
+    folded = keras.Model(qat.inputs, qat.get_layer("bn_0").output).predict(
+        digits.test.x[:16], verbose=0)
+    unfolded = keras.Model(stripped.inputs, stripped.get_layer("bn_0").output).predict(
+        x_q, verbose=0)
+    # same int8 kernel grid; they differ by the bias's int32 rounding and float order only
+    np.testing.assert_allclose(folded, unfolded, atol=1e-3)

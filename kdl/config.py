@@ -74,6 +74,37 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class ParamGroupConfig:
+    """Variables whose path matches `match` (a regex, `re.search`) train at `lr_scale` x rate."""
+
+    match: str = ""  # e.g. "^conv_" (a layer-name prefix) or "^head/"
+    lr_scale: float = 1.0  # 0 freezes the group
+
+
+@dataclass
+class TransferPhaseConfig:
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    top_n: int = 0  # backbone layers (with weights) trainable, counted from the top
+    names: list[str] = field(default_factory=list)  # ... and layers named or prefixed so
+    param_groups: list[ParamGroupConfig] = field(default_factory=list)  # rates per group
+
+
+@dataclass
+class TransferConfig:
+    """Start from a trained backbone and a new head (docs/training.md, Transfer learning)."""
+
+    # A kdl run directory or .keras file, "keras.applications:<Name>",
+    # "kerashub:<local preset dir>" or "hf:<local Hugging Face checkpoint dir>".
+    backbone: str | None = None
+    cut_at: str = "head"  # saved models: the layer whose input becomes the features
+    dropout: float = 0.0  # before the new head
+    # Phases of (what is trainable, rate, epochs); empty: train the whole model as usual
+    # (train.epochs, train.learning_rate, train.param_groups).
+    phases: list[TransferPhaseConfig] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
@@ -95,6 +126,10 @@ class TrainConfig:
     checkpoint: bool = False  # resumable checkpoints each epoch (`run --resume <run_dir>`)
     checkpoint_every_steps: int | None = None  # ... and every N steps
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # CALLBACKS name: params
+    # Per-group learning rates (discriminative fine-tuning), first match wins:
+    # [{match: "^conv_", lr_scale: 0.1}, {match: "^head/", lr_scale: 1.0}].
+    param_groups: list[ParamGroupConfig] = field(default_factory=list)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 @dataclass
@@ -363,6 +398,22 @@ def _check_name(registry, name: str, key: str) -> None:
                           f"Available: {', '.join(names)}.")
 
 
+def _check_param_groups(groups: list[ParamGroupConfig], key: str) -> None:
+    import re
+
+    for i, g in enumerate(groups):
+        if not g.match:
+            raise ConfigError(f"{key}[{i}].match is required: a regex found in variable paths, "
+                              "e.g. '^conv_' or '^head/'")
+        try:
+            re.compile(g.match)
+        except re.error as e:
+            raise ConfigError(f"{key}[{i}].match {g.match!r} is not a regular expression: "
+                              f"{e}") from None
+        if g.lr_scale < 0:
+            raise ConfigError(f"{key}[{i}].lr_scale must be >= 0 (0 freezes), got {g.lr_scale}")
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Checks that need the registries or relate several keys."""
     import kdl.data  # noqa: F401  (registers datasets)
@@ -390,6 +441,20 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"schedule {cfg.train.schedule!r} owns: set train.schedule=constant")
     if cfg.train.checkpoint_every_steps is not None and not cfg.train.checkpoint:
         raise ConfigError("train.checkpoint_every_steps needs train.checkpoint=true")
+    _check_param_groups(cfg.train.param_groups, "train.param_groups")
+    t = cfg.train.transfer
+    for i, phase in enumerate(t.phases):
+        key = f"train.transfer.phases[{i}]"
+        if phase.epochs < 1 or phase.learning_rate <= 0 or phase.top_n < 0:
+            raise ConfigError(f"{key}: epochs must be >= 1, learning_rate > 0 and top_n >= 0 "
+                              f"(got {phase.epochs}, {phase.learning_rate}, {phase.top_n})")
+        _check_param_groups(phase.param_groups, f"{key}.param_groups")
+    if t.phases and not t.backbone:
+        raise ConfigError("train.transfer.phases need train.transfer.backbone (a kdl run "
+                          "directory, .keras file, keras.applications:, kerashub: or hf: source)")
+    if t.phases and cfg.train.checkpoint:
+        raise ConfigError("train.transfer.phases cannot be checkpointed and resumed: set "
+                          "train.checkpoint=false (or drop the phases)")
     for i, stage in enumerate(cfg.stages):
         if stage not in STAGES:
             raise ConfigError(f"stages[{i}]: unknown stage {stage!r}.{_close(stage, STAGES)} "

@@ -20,6 +20,7 @@ from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
 from kdl.data import DataSplits, Split, make_tf_dataset
+from kdl.optimizers import GroupedOptimizer
 from kdl.schedules import build_schedule
 
 
@@ -49,19 +50,27 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
     clip.update(optimizer_options(ema_momentum=cfg.ema_momentum,
                                   accumulation_steps=cfg.accumulation_steps))
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **clip)
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr, **clip)
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **clip)
-    return keras.optimizers.RMSprop(lr, **clip)
+        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **clip)
+    elif cfg.optimizer == "adam":
+        opt = keras.optimizers.Adam(lr, **clip)
+    elif cfg.optimizer == "sgd":
+        opt = keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **clip)
+    else:
+        opt = keras.optimizers.RMSprop(lr, **clip)
+    if cfg.param_groups:  # discriminative rates: one copy of the optimizer per group
+        groups = [{"match": g.match, "lr_scale": g.lr_scale} for g in cfg.param_groups]
+        opt = GroupedOptimizer(opt, groups)
+    return opt
+
+
+def loss_and_metrics(task: str) -> tuple[str, list[str]]:
+    if task == "classification":
+        return "sparse_categorical_crossentropy", ["accuracy"]
+    return "mse", ["mae"]
 
 
 def compile_for(model: keras.Model, task: str, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    if task == "classification":
-        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
-    else:
-        loss, metrics = "mse", ["mae"]
+    loss, metrics = loss_and_metrics(task)
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
 
 
@@ -119,6 +128,44 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     if stopper is not None and stopper.best_epoch is not None and epochs_run:
         best = int(stopper.best_epoch) + 1
     return TrainResult(hist, epochs_run, best, stopped, guard.diagnosis, {"model": model})
+
+
+def fit_phases(model: keras.Model, backbone: keras.Model, splits: DataSplits, cfg: TrainConfig,
+               batch_size: int, callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Transfer learning: `cfg.transfer.phases` through `kdl.transfer.fine_tune`.
+
+    Each phase compiles the configured optimizer (clipping, EMA, accumulation)
+    at the phase's constant rate, per-group rates from its `param_groups`.
+    No early stopping across phases: each phase runs its epochs.
+    """
+    import dataclasses
+    import math
+
+    from kdl.transfer import Phase, fine_tune
+
+    steps = math.ceil(len(splits.train) / batch_size)
+
+    def optimizer(lr):
+        return make_optimizer(dataclasses.replace(cfg, learning_rate=lr, schedule="constant",
+                                                  param_groups=[]), steps)
+
+    phases = [Phase(p.epochs, p.learning_rate, p.top_n, list(p.names),
+                    [{"match": g.match, "lr_scale": g.lr_scale} for g in p.param_groups])
+              for p in cfg.transfer.phases]
+    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
+    val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
+    guard = TerminateOnNonFinite()
+    loss, metrics = loss_and_metrics(splits.task)
+    report = fine_tune(model, backbone, phases, train_ds, loss=loss, metrics=metrics,
+                       optimizer=optimizer, validation_data=val_ds,
+                       callbacks=[guard, *callbacks], verbose=cfg.verbose)
+    hist: dict[str, list[float]] = {}
+    for phase in report:
+        for k, vals in phase["history"].items():
+            hist.setdefault(k, []).extend(vals)
+    extra = {"model": model, "phases": [{"trainable": p["trainable"],
+                                         "learning_rate": p["learning_rate"]} for p in report]}
+    return TrainResult(hist, len(hist.get("loss", [])), None, False, guard.diagnosis, extra)
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -45,8 +45,15 @@ def run(ctx) -> dict:
 
     if "data_arg" in MODELS.get(cfg.model.name).meta:  # trained by its own losses (zoo)
         return run_custom(ctx, splits)
-    model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                        task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+    transfer = cfg.train.transfer
+    if transfer.backbone:  # a trained backbone and a new head (docs/training.md)
+        from kdl.transfer import load_backbone, with_head
+
+        backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
+        model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
+    else:
+        model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
+                            task=splits.task, preset=cfg.model.preset, **cfg.model.params)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size)
     training.compile_for(model, splits.task, cfg.train, steps)
     tracker.log_params({"precision_policy": policy, "params": model.count_params(),
@@ -55,8 +62,13 @@ def run(ctx) -> dict:
     callbacks = [tracker.keras_callback("train/"), *ctx.state.get("callbacks", []),
                  *toolkit.train_callbacks(ctx, splits)]
     toolkit.log_schedule_plot(ctx, model, cfg.train.epochs * steps)
-    result = training.fit(model, splits, cfg.train, cfg.data.batch_size, callbacks=callbacks,
-                          checkpoint_dir=toolkit.checkpoint_dir(ctx))
+    if transfer.backbone and transfer.phases:
+        result = training.fit_phases(model, backbone, splits, cfg.train, cfg.data.batch_size,
+                                     callbacks=callbacks)
+        atomic_write_json(run_dir / "transfer_phases.json", result.extra["phases"])
+    else:
+        result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
+                              callbacks=callbacks, checkpoint_dir=toolkit.checkpoint_dir(ctx))
     model = result.extra.get("model", model)  # a resumed run continues a restored model
     atomic_write_json(run_dir / "history.json", result.history)
     if result.history.get("loss"):

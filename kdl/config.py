@@ -53,7 +53,10 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-    normalize: bool = True
+    # True/"standardize": (x - mean) / std with training statistics; "symmetric": each
+    # channel/feature to [-1, 1] by its training min and max (a tanh generator's range);
+    # False: as loaded.
+    normalize: Literal[True, False, "standardize", "symmetric"] = True
     batch_size: int = 64
 
 

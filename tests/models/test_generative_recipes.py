@@ -32,6 +32,20 @@ def test_digits_load_in_tanh_range_and_recipes_ask_for_it():
         load_splits("digits", normalize="minmax")
 
 
+def test_gan_recipes_set_adams_beta_1_and_it_reaches_the_optimizer():
+    from kdl.config import ConfigError
+    from kdl.training import make_optimizer
+
+    cfg = load_config("dcgan_digits")
+    assert cfg.train.beta_1 == 0.5
+    assert make_optimizer(cfg.train, 10).beta_1 == 0.5
+    assert make_optimizer(load_config("digits_cnn").train, 10).beta_1 == 0.9
+    with pytest.raises(ConfigError, match="train.beta_1.*adam or adamw"):
+        load_config("gan_digits", ["train.optimizer=sgd"])
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        load_config("gan_digits", ["train.beta_1=1.5"])
+
+
 def test_classifier_confidence_tells_digits_from_noise():
     splits = load_splits("digits", seed=0)
     scores = classifier_confidence(splits.test.x[:64], splits.train.x, splits.train.y)

@@ -24,12 +24,15 @@ def classifier_confidence(images: np.ndarray, train_x: np.ndarray, train_y: np.n
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     images = np.asarray(images, "float32")
     if images.shape[1:] != train_x.shape[1:]:
         raise ValueError(f"samples of shape {images.shape[1:]} do not match the data's "
                          f"{train_x.shape[1:]}")
-    with warnings.catch_warnings():  # 300 iterations: enough for a yardstick, and quick
+    # one BLAS thread: on a busy CPU the threaded solver is 50x slower on so small a problem;
+    # 300 iterations: enough for a yardstick, and quick
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = LogisticRegression(max_iter=300).fit(train_x.reshape(len(train_x), -1), train_y)
     # noise with each pixel's mean and spread in the real data: no structure, same scale

@@ -53,7 +53,10 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-    normalize: bool = True
+    # True/"standardize": (x - mean) / std with training statistics; "symmetric": each
+    # channel/feature to [-1, 1] by its training min and max (a tanh generator's range);
+    # False: as loaded.
+    normalize: Literal[True, False, "standardize", "symmetric"] = True
     batch_size: int = 64
 
 
@@ -110,6 +113,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
     learning_rate: float = 3e-3  # the peak rate of the schedule
     weight_decay: float = 1e-4  # adamw only
+    beta_1: float | None = None  # adam/adamw first-moment decay (None: Keras's 0.9; GANs: 0.5)
     schedule: str = "warmup_cosine"  # a name in kdl.registry.SCHEDULES, or "constant"
     schedule_params: dict[str, Any] = field(default_factory=dict)
     clipnorm: float | None = 1.0  # per-variable gradient norm clip
@@ -500,6 +504,11 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
     if cfg.train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0 (got {cfg.train.learning_rate})")
+    if cfg.train.beta_1 is not None and (cfg.train.optimizer not in ("adam", "adamw")
+                                         or not 0 <= cfg.train.beta_1 < 1):
+        raise ConfigError(f"train.beta_1 ({cfg.train.beta_1}) is Adam's first-moment decay: "
+                          f"a value in [0, 1) with train.optimizer adam or adamw "
+                          f"(got {cfg.train.optimizer!r})")
     validate_compression(cfg)
 
 

@@ -49,6 +49,10 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
         raise ValueError("set train.clipnorm or train.global_clipnorm, not both")
     clip.update(optimizer_options(ema_momentum=cfg.ema_momentum,
                                   accumulation_steps=cfg.accumulation_steps))
+    if cfg.beta_1 is not None:
+        if cfg.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"train.beta_1 applies to adam and adamw, not {cfg.optimizer}")
+        clip["beta_1"] = cfg.beta_1
     if cfg.optimizer == "adamw":
         opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **clip)
     elif cfg.optimizer == "adam":

@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("bundle_dir", type=Path)
     verify.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
     sub.add_parser("config", help="print the default config as YAML")
+    cart = sub.add_parser("cartpole", help="train a DQN on CartPole and evaluate it over 100 "
+                          "episodes (bar: mean return >= 195; exit 1 below it)")
+    cart.add_argument("--steps", type=int, default=50_000, help="environment steps at most")
+    cart.add_argument("--seed", type=int, default=0)
+    cart.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
+    cart.add_argument("--out", type=Path, default=Path("saved_models/dqn_cartpole"))
     return p
 
 
@@ -167,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(to_dict(ExperimentConfig()), sort_keys=False))
             return 0
+        if args.command == "cartpole":
+            from pipelines.cartpole import run_cartpole
+
+            if args.steps < 1 or args.episodes < 1:
+                return _error(f"--steps ({args.steps}) and --episodes ({args.episodes}) "
+                              "must be >= 1")
+
+            result = run_cartpole(args.out, steps=args.steps, seed=args.seed,
+                                  episodes=args.episodes)
+            return 0 if result["solved"] else 1
         if args.command in ("export", "bench"):
             return cmd_export(args)
         if args.command == "tune":

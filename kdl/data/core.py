@@ -71,6 +71,19 @@ class Normalizer:
         return cls(mean.astype("float32"), std.astype("float32"))
 
     @classmethod
+    def fit_symmetric(cls, x: np.ndarray) -> Normalizer:
+        """Maps each feature/channel's training range `[min, max]` onto `[-1, 1]`.
+
+        The same `(x - mean) / std` form (mean = the range's midpoint, std = its
+        half-width), so it travels like the standardizer.
+        """
+        axes = tuple(range(x.ndim - 1)) if x.ndim > 2 else (0,)
+        lo, hi = x.min(axis=axes), x.max(axis=axes)
+        half = (hi - lo) / 2
+        half = np.where(half < 1e-6, 1.0, half)  # constant features pass through unscaled
+        return cls(((hi + lo) / 2).astype("float32"), half.astype("float32"))
+
+    @classmethod
     def identity(cls, x: np.ndarray) -> Normalizer:
         n = x.shape[-1]
         return cls(np.zeros(n, "float32"), np.ones(n, "float32"))
@@ -150,13 +163,24 @@ def _draw_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: 
     return train, val, test
 
 
+def _normalizer(normalize: bool | str, x: np.ndarray) -> Normalizer:
+    if normalize is True or normalize == "standardize":
+        return Normalizer.fit(x)
+    if normalize == "symmetric":
+        return Normalizer.fit_symmetric(x)
+    if normalize is False:
+        return Normalizer.identity(x)
+    raise DataError(f"normalize must be True, False, 'standardize' or 'symmetric', "
+                    f"got {normalize!r}")
+
+
 def load_splits(
     name: str,
     *,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
-    normalize: bool = True,
+    normalize: bool | str = True,
     **options: Any,
 ) -> DataSplits:
     """Load dataset `name`, split it (seeded) and normalize with train statistics.
@@ -166,13 +190,15 @@ def load_splits(
         val_fraction, test_fraction: shares of all examples, when the dataset
             does not define its own split.
         seed: the split's random seed.
-        normalize: standardize inputs with the training split's statistics.
+        normalize: True or "standardize": standardize inputs with the training
+            split's statistics; "symmetric": scale each feature/channel's training
+            range to [-1, 1] (for tanh generators); False: leave them as loaded.
         **options: passed to the dataset function (e.g. `path`, `target`).
     """
     raw: RawData = DATASETS.build(name, **options)
     tr, va, te = _draw_splits(raw, val_fraction, test_fraction, seed)
     x_tr = raw.x[tr]
-    norm = Normalizer.fit(x_tr) if normalize else Normalizer.identity(x_tr)
+    norm = _normalizer(normalize, x_tr)
     split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
     return DataSplits(
         train=split(tr), val=split(va), test=split(te),

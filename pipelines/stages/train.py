@@ -114,7 +114,9 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     (`data_arg`); it is compiled with the configured optimizer (cloned per
     group for several optimizers) and fitted with the usual callbacks. Metrics
     are its own losses on the test split; models with `sample` also leave a
-    `samples.png` grid.
+    `samples.png` grid and, on a labelled dataset, `sample_confidence`: the
+    mean top-class probability a classifier of the real training data gives
+    the samples (`noise_confidence`: the same on noise).
     """
     from pipelines.run import StageFailed
 
@@ -140,10 +142,13 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     metrics.update(epochs=len(first), params=model.count_params())
     artifacts = ["config.yaml", "preprocessing.json", "history.json", "metrics.json"]
     if hasattr(model, "sample"):
-        from kdl.models.generative import save_image_grid
+        from kdl.models.generative import classifier_confidence, save_image_grid
 
-        save_image_grid(model.sample(64), run_dir / "samples.png")
+        samples = model.sample(64)
+        save_image_grid(samples, run_dir / "samples.png")
         artifacts.append("samples.png")
+        if splits.task == "classification":  # the quality figure of the samples
+            metrics.update(classifier_confidence(samples, splits.train.x, splits.train.y))
     atomic_write_json(run_dir / "metrics.json", metrics)
     tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
     for name in artifacts:

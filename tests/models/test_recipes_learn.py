@@ -35,10 +35,16 @@ def test_custom_model_trains_through_the_train_stage(name, tmp_path):
 
     from pipelines.run import run_pipeline
 
+    # one batch per split (train 1257, val and test 270 examples): each step compiles once
     cfg = load_config(name, [f"output_dir={tmp_path}", "tracking.enabled=false",
-                             "train.verbose=0", "train.epochs=2", "model.preset=tiny"])
+                             "train.verbose=0", "train.epochs=2", "model.preset=tiny",
+                             "data.batch_size=2048"])
     run_dir, results, _ = run_pipeline(cfg, stages=["train"], log=lambda *_: None)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["test_loss"] == results["train"]["test_loss"]
     assert (run_dir / "model.keras").exists()
     assert (run_dir / "samples.png").exists() == (name == "vae_digits")
+    # a model that samples on a labelled dataset also gets the samples' quality figure
+    assert ("sample_confidence" in metrics) == (name == "vae_digits")
+    if name == "vae_digits":
+        assert 0 < metrics["noise_confidence"] <= 1 and 0 < metrics["sample_confidence"] <= 1

@@ -152,11 +152,12 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, batch_size: int) -> list[np.ndarray]:
+    def sample(self, batch_size: int, batches: int = 1) -> list[np.ndarray]:
+        """`batches` uniform batches (with replacement), concatenated in order."""
         if self.size < batch_size:
             raise ValueError(f"the buffer holds {self.size} transitions, fewer than a batch "
                              f"of {batch_size}")
-        idx = self.rng.integers(0, self.size, batch_size)
+        idx = self.rng.integers(0, self.size, batch_size * batches)
         return [self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
                 self.dones[idx]]
 
@@ -172,65 +173,163 @@ def _make_env(name: str, seed: int):
     return env
 
 
-def evaluate_policy(model: DQN, episodes: int = 100, env_name: str = "CartPole-v1",
-                    seed: int = 1000) -> list[float]:
-    """Returns of greedy episodes (argmax Q)."""
-    env = _make_env(env_name, seed)
+class NumpyPolicy:
+    """A snapshot of a `DQN`'s Q-network as NumPy arrays, for acting between updates.
+
+    Acting needs one forward pass per environment step; through Keras that is a
+    framework call per step (most of the wall time of a CartPole run), while the
+    weights only change in the gradient phases. Like the actors of distributed
+    DQN, the loop acts with a copy refreshed after each phase. The copy is exact:
+    `q_values` equals the Q-network's output (checked in the tests).
+
+    Args:
+        model: a `DQN` whose Q-network is Dense layers (relu, then a linear head).
+    """
+
+    def __init__(self, model: DQN):
+        self.layers = []
+        for layer in model.q_network.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            act = getattr(layer, "activation", None)
+            if not isinstance(layer, keras.layers.Dense) or act not in (
+                    keras.activations.relu, keras.activations.linear):
+                raise TypeError(f"NumpyPolicy reads Dense relu/linear layers; "
+                                f"{layer.name} is {type(layer).__name__}")
+            kernel, bias = (ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
+            self.layers.append((kernel, bias, act is keras.activations.relu))
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, "float32")
+        for kernel, bias, relu in self.layers:
+            x = x @ kernel + bias
+            if relu:
+                x = np.maximum(x, 0.0)
+        return x
+
+    def act(self, obs: np.ndarray) -> int:
+        return int(self.q_values(obs[None])[0].argmax())
+
+
+def _greedy_returns(policy, env, episodes: int, seed: int) -> list[float]:
     returns = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         total, done = 0.0, False
         while not done:
-            q = keras.ops.convert_to_numpy(model.q_network(obs[None].astype("float32")))
-            obs, r, term, trunc, _ = env.step(int(q[0].argmax()))
+            obs, r, term, trunc, _ = env.step(policy(obs))
             total += r
             done = term or trunc
         returns.append(total)
-    env.close()
     return returns
 
 
-def train_cartpole(model: DQN | None = None, *, steps: int = 40_000, batch_size: int = 64,
-                   buffer_size: int = 50_000, learning_starts: int = 1_000, train_every: int = 1,
-                   target_every: int = 500, epsilon_start: float = 1.0,
-                   epsilon_end: float = 0.02, epsilon_steps: int = 10_000,
-                   learning_rate: float = 5e-4, env_name: str = "CartPole-v1",
-                   seed: int = 0, stop_at: float | None = 475.0) -> tuple[DQN, list[float]]:
-    """Train a DQN on a gymnasium environment (epsilon-greedy, replay, target network).
+def evaluate_policy(model: DQN, episodes: int = 100, env_name: str = "CartPole-v1",
+                    seed: int = 1000) -> list[float]:
+    """Returns of greedy episodes (argmax Q), the Keras Q-network acting.
 
-    Returns the model and the training episodes' returns. Stops early when the
-    mean of the last 20 training returns reaches `stop_at`.
+    The episodes run side by side: one batched Q-network call per time step
+    for all unfinished episodes (seeds `seed`, `seed + 1`, ...).
     """
+    envs = [_make_env(env_name, seed + ep) for ep in range(episodes)]
+    obs = np.stack([env.reset(seed=seed + ep)[0] for ep, env in enumerate(envs)])
+    obs = obs.astype("float32")
+    returns = np.zeros(episodes)
+    active = np.ones(episodes, bool)
+    while active.any():
+        # a fixed batch shape (finished episodes' rows are ignored): no recompiles
+        actions = ops.convert_to_numpy(model.q_network(obs)).argmax(-1)
+        for i in np.flatnonzero(active):
+            o, r, term, trunc, _ = envs[i].step(int(actions[i]))
+            obs[i] = o
+            returns[i] += r
+            active[i] = not (term or trunc)
+    for env in envs:
+        env.close()
+    return returns.tolist()
+
+
+def train_cartpole(model: DQN | None = None, *, steps: int = 50_000, batch_size: int = 64,
+                   buffer_size: int = 100_000, learning_starts: int = 1_000,
+                   train_every: int = 256, gradient_steps: int = 128,
+                   epsilon_start: float = 1.0, epsilon_end: float = 0.04,
+                   epsilon_steps: int = 8_000, learning_rate: float = 2.3e-3,
+                   global_clipnorm: float = 10.0, tau: float = 1.0,
+                   eval_every: int = 1_024, eval_episodes: int = 10,
+                   env_name: str = "CartPole-v1", seed: int = 0,
+                   stop_at: float | None = 500.0,
+                   log=None) -> tuple[DQN, list[float]]:
+    """Train a DQN on a gymnasium environment; returns the model and training returns.
+
+    The loop: act epsilon-greedily (epsilon falls linearly from `epsilon_start`
+    to `epsilon_end` over `epsilon_steps` environment steps) with a NumPy
+    snapshot of the Q-network; every `train_every` environment steps, refresh
+    the target network (`tau`: 1 copies, < 1 averages), then take
+    `gradient_steps` Adam steps (Huber loss, double-DQN targets as the model
+    is configured, gradients clipped to `global_clipnorm`) on uniformly
+    replayed batches, through the model's compiled train step (one `fit`
+    call per phase). Truncation
+    (the time limit) is not a terminal state for the TD target.
+
+    Every `eval_every` environment steps the greedy policy plays
+    `eval_episodes` episodes (seeds of their own, apart from
+    `evaluate_policy`'s); the best-scoring weights are kept and restored at the
+    end, and training stops once that score reaches `stop_at`. Defaults follow
+    the tuned CartPole settings of RL Baselines3 Zoo (256x256 network).
+
+    Args:
+        log: optional `callable(str)` for a progress line after each evaluation.
+    """
+    if train_every < 1 or gradient_steps < 1 or eval_every < 1:
+        raise ValueError("train_every, gradient_steps and eval_every must be >= 1")
+    if learning_starts < batch_size:
+        raise ValueError(f"learning_starts ({learning_starts}) must be >= batch_size "
+                         f"({batch_size}): the first update samples a full batch")
     env = _make_env(env_name, seed)
+    eval_env = _make_env(env_name, seed + 10_000)
     obs_dim = int(env.observation_space.shape[0])
     n_actions = int(env.action_space.n)
     if model is None:
-        model = DQN(obs_dim, n_actions)
+        model = DQN(obs_dim, n_actions, widths=(256, 256))
     if getattr(model, "optimizer", None) is None:
-        model.compile(keras.optimizers.Adam(learning_rate))
+        model.compile(keras.optimizers.Adam(learning_rate, global_clipnorm=global_clipnorm))
     buffer = ReplayBuffer(buffer_size, obs_dim, seed)
     rng = np.random.default_rng(seed)
+    policy = NumpyPolicy(model)
     returns, total = [], 0.0
+    best_score, best_weights = -np.inf, None
     obs, _ = env.reset(seed=seed)
-    for step in range(steps):
+    for step in range(1, steps + 1):
         frac = min(step / epsilon_steps, 1.0)
         eps = epsilon_start + frac * (epsilon_end - epsilon_start)
-        if rng.uniform() < eps:
-            action = int(rng.integers(n_actions))
-        else:
-            q = keras.ops.convert_to_numpy(model.q_network(obs[None].astype("float32")))
-            action = int(q[0].argmax())
+        action = int(rng.integers(n_actions)) if rng.uniform() < eps else policy.act(obs)
         next_obs, r, term, trunc, _ = env.step(action)
-        buffer.add(obs, action, r, next_obs, term)  # truncation is not a terminal state
+        buffer.add(obs, action, r, next_obs, term)
         obs, total = next_obs, total + r
         if term or trunc:
             returns.append(total)
             obs, total = env.reset()[0], 0.0
-            if stop_at is not None and len(returns) >= 20 and np.mean(returns[-20:]) >= stop_at:
-                break
         if step >= learning_starts and step % train_every == 0:
-            model.train_on_batch(buffer.sample(batch_size))
-        if step % target_every == 0:
-            model.update_target()
+            model.update_target(tau)
+            # one `fit` over `gradient_steps` replayed batches: the compiled train step
+            # runs back to back (per-call `train_on_batch` costs more than the step)
+            model.fit(buffer.sample(batch_size, gradient_steps), batch_size=batch_size,
+                      epochs=1, shuffle=False, verbose=0)
+            policy = NumpyPolicy(model)
+        if step >= learning_starts and step % eval_every == 0:
+            score = float(np.mean(_greedy_returns(policy.act, eval_env, eval_episodes,
+                                                  seed + 10_000 + step)))
+            if score > best_score:
+                best_score, best_weights = score, model.q_network.get_weights()
+            if log is not None:
+                recent = np.mean(returns[-20:]) if returns else float("nan")
+                log(f"step {step}: greedy {score:.1f} (best {best_score:.1f}), "
+                    f"training episodes {recent:.1f}, epsilon {eps:.3f}")
+            if stop_at is not None and best_score >= stop_at:
+                break
     env.close()
+    eval_env.close()
+    if best_weights is not None:
+        model.q_network.set_weights(best_weights)
+        model.update_target()
     return model, returns

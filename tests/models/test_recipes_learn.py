@@ -14,6 +14,9 @@ BARS = [
     ("transformer_sine", "test_accuracy", 0.90),
     ("tcn_adding", "test_r2", 0.90),
     ("gcn_communities", "test_accuracy", 0.85),
+    ("seq2seq_reverse", "test_greedy_sequence_accuracy", 0.90),
+    ("transformer_reverse", "test_greedy_sequence_accuracy", 0.90),
+    ("clip_digits", "test_probe_accuracy", 0.90),
 ]
 
 

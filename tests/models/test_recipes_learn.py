@@ -16,7 +16,6 @@ BARS = [
     ("gcn_communities", "test_accuracy", 0.85),
     ("seq2seq_reverse", "test_greedy_sequence_accuracy", 0.90),
     ("transformer_reverse", "test_greedy_sequence_accuracy", 0.90),
-    ("clip_digits", "test_probe_accuracy", 0.90),
 ]
 
 

@@ -1,5 +1,6 @@
-"""Two-input (seq2seq) data through the pipeline: the generated reversal task,
-teacher-forced and greedy-decode scores, fixed-length greedy decoding, config checks."""
+"""Two-input data through the pipeline: the generated reversal task (seq2seq),
+teacher-forced and greedy-decode scores, fixed-length greedy decoding, config checks;
+digits with generated captions (CLIP) and its linear probe."""
 
 import json
 
@@ -116,3 +117,32 @@ def test_seq2seq_recipe_runs_through_the_train_stage(tmp_path):
     assert np.sum(metrics["confusion_matrix"]) == 30 * 8  # every test token counted
     pre = json.loads((run_dir / "preprocessing.json").read_text())
     assert pre["input_shape"] == [[8], [8]] and (run_dir / "model.keras").exists()
+
+
+@pytest.mark.once
+def test_digits_captions_pair_each_image_with_its_digit_token():
+    d = load_splits("digits_captions", normalize=False)
+    images, captions = d.train.x
+    assert d.input_shape == ((8, 8, 1), (4,)) and captions.dtype == np.int32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    # exactly one class token (1..10) per caption, the digit's own; the rest noise (11..19)
+    is_class = captions <= 10
+    assert (is_class.sum(1) == 1).all()
+    np.testing.assert_array_equal(captions[is_class], d.train.y + 1)
+    assert captions[~is_class].min() >= 11 and captions.max() < d.info["vocab_size"] == 20
+
+
+def test_clip_recipe_reports_trained_and_untrained_probes(tmp_path):
+    """Not slow: the tiny CLIP, one epoch, through the train stage's custom path."""
+    from pipelines.run import run_pipeline
+
+    cfg = load_config("clip_digits", [
+        f"output_dir={tmp_path}", "tracking.enabled=false", "train.verbose=0",
+        "train.epochs=1", "model.preset=tiny"])
+    run_dir, results, _ = run_pipeline(cfg, stages=["train"], log=lambda *_: None)
+    r = results["train"]
+    assert r["epochs"] == 1 and np.isfinite(r["test_loss"])
+    for key in ("test_probe_accuracy", "test_probe_accuracy_untrained"):
+        assert 0.1 <= r[key] <= 1.0, key  # 10 classes: a probe is at least near chance
+    assert json.loads((run_dir / "metrics.json").read_text())["test_probe_accuracy"] == \
+        r["test_probe_accuracy"]

@@ -8,7 +8,7 @@ BARS = [
     ("lenet5_digits", "test_accuracy", 0.95),
     ("vgg_digits", "test_accuracy", 0.97),
     ("resnet_digits", "test_accuracy", 0.97),
-    ("alexnet_digits", "test_accuracy", 0.95),
+    ("alexnet_digits", "test_accuracy", 0.97),
     ("vit_digits", "test_accuracy", 0.95),
     ("rnn_sine", "test_accuracy", 0.90),
     ("transformer_sine", "test_accuracy", 0.90),

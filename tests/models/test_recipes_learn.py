@@ -9,7 +9,7 @@ BARS = [
     ("vgg_digits", "test_accuracy", 0.97),
     ("resnet_digits", "test_accuracy", 0.97),
     ("alexnet_digits", "test_accuracy", 0.97),
-    ("vit_digits", "test_accuracy", 0.95),
+    ("vit_digits", "test_accuracy", 0.97),
     ("rnn_sine", "test_accuracy", 0.90),
     ("transformer_sine", "test_accuracy", 0.90),
     ("tcn_adding", "test_r2", 0.90),

@@ -1,6 +1,13 @@
 """Two-input data through the pipeline: the generated reversal task (seq2seq),
 teacher-forced and greedy-decode scores, fixed-length greedy decoding, config checks;
-digits with generated captions (CLIP) and its linear probe."""
+digits with generated captions (CLIP) and its linear probe.
+
+Every test here is `once` (the TensorFlow pass of `make test`): what they check is
+the pipeline's logic, not a backend's numerics, and on JAX the reference decoder
+(a new input shape per step, a compile each) and the stage runs cost minutes.
+Training two-input models on every backend is the shared harness's job
+(`tests/models/test_harness.py`: seq2seq, transformer, clip); this file passed on
+JAX and PyTorch when written."""
 
 import json
 
@@ -74,6 +81,7 @@ def test_sequence_scores_count_tokens_and_whole_sequences():
     assert s["loss"] == pytest.approx(-np.log(p_true).mean(), rel=1e-5)
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("name", ["seq2seq", "transformer"])
 def test_fixed_length_greedy_decode_equals_the_growing_one(name):
     keras.utils.set_random_seed(0)
@@ -100,6 +108,7 @@ def test_fixed_length_greedy_decode_equals_the_growing_one(name):
         greedy_decode(model, src, start_id=1, steps=7)
 
 
+@pytest.mark.once
 def test_seq2seq_recipe_runs_through_the_train_stage(tmp_path):
     """Not slow: a tiny model, one epoch, 200 generated pairs; every score is written."""
     from pipelines.run import run_pipeline
@@ -132,6 +141,7 @@ def test_digits_captions_pair_each_image_with_its_digit_token():
     assert captions[~is_class].min() >= 11 and captions.max() < d.info["vocab_size"] == 20
 
 
+@pytest.mark.once
 def test_clip_recipe_reports_trained_and_untrained_probes(tmp_path):
     """Not slow: the tiny CLIP, one epoch, through the train stage's custom path."""
     from pipelines.run import run_pipeline

@@ -50,6 +50,7 @@ class DataConfig:
     path: str | None = None  # file for the npz/csv datasets
     target: str | None = None  # csv: the target column
     task: Literal["classification", "regression"] | None = None  # npz/csv only
+    params: dict[str, Any] = field(default_factory=dict)  # the dataset function's arguments
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -500,6 +501,7 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"(--set data.path=<file.{d.name}>)")
     if d.name == "csv":
         _check_csv(d.path, d.target)
+    _check_dataset(cfg)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
     if cfg.train.learning_rate <= 0:
@@ -558,6 +560,37 @@ def validate_compression(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"stages: {later} needs the trained model: put it after train")
     if "quantize" in order and "prune" in order and order["quantize"] < order["prune"]:
         raise ConfigError("stages: quantize after prune (QAT keeps the pruning masks)")
+
+
+def _check_dataset(cfg: ExperimentConfig) -> None:
+    """`data.params` are arguments of the dataset; several-input datasets train only."""
+    import inspect
+
+    from kdl.registry import DATASETS
+
+    d = cfg.data
+    entry = DATASETS.get(d.name)
+    accepted = [p for p in inspect.signature(entry.obj).parameters
+                if p not in ("path", "target", "task")]
+    for key in d.params:
+        if key not in accepted:
+            raise ConfigError(f"data.params: dataset {d.name!r} has no argument {key!r}."
+                              f"{_close(key, accepted)} Arguments: "
+                              f"{', '.join(accepted) or 'none'}.")
+    inputs = entry.meta.get("inputs", 1)
+    if inputs > 1:
+        if d.normalize:
+            raise ConfigError(f"data.normalize: dataset {d.name!r} feeds {inputs} inputs "
+                              "(token ids among them), which are not standardized: set "
+                              "data.normalize=false")
+        others = [s for s in cfg.stages if s != "train"]
+        if others:
+            raise ConfigError(f"stages: dataset {d.name!r} feeds {inputs} inputs, which only "
+                              f"the train stage takes (not {', '.join(others)}): "
+                              "set stages=[train]")
+        if cfg.train.checkpoint:
+            raise ConfigError(f"train.checkpoint: resumable checkpoints take one input array; "
+                              f"dataset {d.name!r} feeds {inputs}: set train.checkpoint=false")
 
 
 def _check_csv(path: str, target: str | None) -> None:

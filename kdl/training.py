@@ -172,12 +172,32 @@ def fit_phases(model: keras.Model, backbone: keras.Model, splits: DataSplits, cf
     return TrainResult(hist, len(hist.get("loss", [])), None, False, guard.diagnosis, extra)
 
 
-def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(model: keras.Model, x, batch_size: int = 256) -> np.ndarray:
+    """Predictions as float32; `x` is an array or a tuple of arrays (several inputs)."""
+    x = list(x) if isinstance(x, tuple | list) else x
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float32")
 
 
+def sequence_scores(y_true: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
+    """Token accuracy and whole-sequence accuracy of predicted ids `(n, length)`."""
+    if y_true.shape != tokens.shape:
+        raise ValueError(f"predicted ids {tokens.shape} and targets {y_true.shape} differ")
+    right = tokens == y_true
+    return {"token_accuracy": float(right.mean()),
+            "sequence_accuracy": float(right.all(axis=-1).mean())}
+
+
 def score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Task metrics from predictions: accuracy/loss for classifiers, mse/mae/r2 otherwise."""
+    """Task metrics from predictions: accuracy/loss for classifiers, mse/mae/r2 otherwise.
+
+    Classifier targets `(n, length)` (a class per position, teacher-forced
+    sequences) give the per-position `accuracy` and `loss`, and the
+    `sequence_accuracy` of all positions right.
+    """
+    if task == "classification" and y_true.ndim > 1:
+        flat = score(task, y_true.reshape(-1), y_pred.reshape(-1, y_pred.shape[-1]))
+        seq = sequence_scores(y_true, y_pred.argmax(-1))
+        return {**flat, "sequence_accuracy": seq["sequence_accuracy"]}
     if task == "classification":
         p = np.clip(y_pred[np.arange(len(y_true)), y_true], 1e-7, 1.0)
         return {"accuracy": float(np.mean(np.argmax(y_pred, -1) == y_true)),
@@ -191,6 +211,14 @@ def score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]
 
 def evaluate(model: keras.Model, split: Split, task: str) -> dict[str, float]:
     return score(task, split.y, predict(model, split.x))
+
+
+def evaluate_decoding(model: keras.Model, split: Split, decode, start_id: int
+                      ) -> dict[str, float]:
+    """Autoregressive scores of a seq2seq model: `decode(model, source, start_id, steps)`
+    predicts the targets from the source alone (no teacher forcing)."""
+    tokens = decode(model, split.x[0], start_id=start_id, steps=split.y.shape[1])
+    return {f"greedy_{k}": v for k, v in sequence_scores(split.y, tokens).items()}
 
 
 def primary_metric(task: str) -> tuple[str, str]:

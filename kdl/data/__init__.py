@@ -18,6 +18,8 @@ from kdl.data.core import (
     fingerprint,
     load_splits,
     make_tf_dataset,
+    num_examples,
+    take,
 )
 
 __all__ = [
@@ -29,4 +31,6 @@ __all__ = [
     "fingerprint",
     "load_splits",
     "make_tf_dataset",
+    "num_examples",
+    "take",
 ]

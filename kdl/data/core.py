@@ -23,32 +23,61 @@ class RawData:
 
     Args:
         x: inputs, float32, first axis is the example axis. Images are
-            `(n, height, width, channels)`, tables `(n, features)`.
-        y: targets: int class ids for classification, floats for regression.
+            `(n, height, width, channels)`, tables `(n, features)`. A tuple of
+            arrays feeds a model with several inputs (e.g. `(source_ids,
+            target_in_ids)` of a seq2seq model); there, integer arrays (token
+            ids) stay int32 and the others become float32.
+        y: targets: int class ids for classification, floats for regression;
+            `(n, length)` class ids are a class per position (sequences).
         task: "classification" or "regression".
         label_names: class names, index = class id (classification only).
         splits: optional predefined split of example indices,
             `{"train": idx, "val": idx, "test": idx}`; missing ones are drawn.
+        info: facts about the data a consumer needs, e.g. `{"start_id": 1}`
+            for greedy decoding of a generated sequence task.
     """
 
-    x: np.ndarray
+    x: np.ndarray | tuple[np.ndarray, ...]
     y: np.ndarray
     task: str = "classification"
     label_names: list[str] = field(default_factory=list)
     splits: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise DataError(f"task must be one of {TASKS}, got {self.task!r}")
-        if len(self.x) != len(self.y):
-            raise DataError(f"x has {len(self.x)} examples but y has {len(self.y)}")
-        self.x = np.asarray(self.x, dtype="float32")
+        if isinstance(self.x, tuple | list):
+            self.x = tuple(np.asarray(a, "int32" if np.issubdtype(np.asarray(a).dtype,
+                                                                  np.integer) else "float32")
+                           for a in self.x)
+            if len({len(a) for a in self.x}) != 1:
+                raise DataError(f"the inputs have different example counts: "
+                                f"{[len(a) for a in self.x]}")
+        else:
+            self.x = np.asarray(self.x, dtype="float32")
+        if num_examples(self.x) != len(self.y):
+            raise DataError(f"x has {num_examples(self.x)} examples but y has {len(self.y)}")
         if self.task == "classification":
             self.y = np.asarray(self.y).astype("int32")
             if not self.label_names:
                 self.label_names = [str(i) for i in range(int(self.y.max()) + 1)]
         else:
             self.y = np.asarray(self.y, dtype="float32")
+
+
+def is_multi_input(x) -> bool:
+    """True for a tuple of input arrays (a model with several inputs)."""
+    return isinstance(x, tuple | list)
+
+
+def num_examples(x) -> int:
+    return len(x[0]) if is_multi_input(x) else len(x)
+
+
+def take(x, idx):
+    """`x[idx]` for one input array or each array of a tuple of inputs."""
+    return tuple(a[idx] for a in x) if is_multi_input(x) else x[idx]
 
 
 @dataclass
@@ -102,11 +131,11 @@ class Normalizer:
 
 @dataclass
 class Split:
-    x: np.ndarray
+    x: np.ndarray | tuple[np.ndarray, ...]
     y: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.x)
+        return num_examples(self.x)
 
 
 @dataclass
@@ -120,9 +149,13 @@ class DataSplits:
     label_names: list[str]
     normalizer: Normalizer
     fingerprint: str
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple:
+        """One example's shape; a tuple of shapes for several inputs."""
+        if is_multi_input(self.train.x):
+            return tuple(tuple(a.shape[1:]) for a in self.train.x)
         return tuple(self.train.x.shape[1:])
 
     @property
@@ -143,7 +176,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 
 def _draw_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: int):
-    n = len(raw.x)
+    n = num_examples(raw.x)
     given = {k: np.asarray(v, dtype="int64") for k, v in raw.splits.items()}
     if {"train", "val", "test"} <= given.keys():
         return given["train"], given["val"], given["test"]
@@ -197,13 +230,21 @@ def load_splits(
     """
     raw: RawData = DATASETS.build(name, **options)
     tr, va, te = _draw_splits(raw, val_fraction, test_fraction, seed)
-    x_tr = raw.x[tr]
-    norm = _normalizer(normalize, x_tr)
-    split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
+    if is_multi_input(raw.x):
+        if normalize:
+            raise DataError(f"dataset {name!r} feeds {len(raw.x)} inputs (e.g. token ids), "
+                            "which are not standardized: set data.normalize=false")
+        norm = Normalizer(np.zeros(0, "float32"), np.ones(0, "float32"))  # nothing applied
+        split = lambda idx: Split(take(raw.x, idx), raw.y[idx])  # noqa: E731
+        arrays = raw.x
+    else:
+        norm = _normalizer(normalize, raw.x[tr])
+        split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
+        arrays = (raw.x,)
     return DataSplits(
         train=split(tr), val=split(va), test=split(te),
         task=raw.task, label_names=list(raw.label_names), normalizer=norm,
-        fingerprint=fingerprint(raw.x, raw.y, tr, va, te),
+        fingerprint=fingerprint(*arrays, raw.y, tr, va, te), info=dict(raw.info),
     )
 
 
@@ -212,10 +253,12 @@ def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, see
     """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
 
     Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
+    Several inputs come as a tuple `((x0, x1, ...), y)`.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y) if targets else split.x)
+    x = tuple(split.x) if is_multi_input(split.x) else split.x
+    ds = tf.data.Dataset.from_tensor_slices((x, split.y) if targets else x)
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)

@@ -29,6 +29,29 @@ def digits() -> RawData:
     return RawData(x, bunch.target, "classification", [str(n) for n in bunch.target_names])
 
 
+@DATASETS.register("digits_captions", task="classification", inputs=2,
+                   input="image 8x8x1 + caption 4 tokens")
+def digits_captions(length: int = 4, noise_tokens: int = 9, seed: int = 0) -> RawData:
+    """scikit-learn's digits paired with a generated token "caption" (a CLIP pair).
+
+    `x = (images, captions)`: images scaled to [0, 1] `(n, 8, 8, 1)`, captions
+    `(n, length)` int32 holding the digit's own token (`1 + digit`, ids 1..10)
+    at a random position among noise tokens (ids 11 .. 10 + noise_tokens); id 0
+    is padding. `y` is the digit, for linear probes only. Seeded.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    rng = np.random.default_rng(seed)
+    y = bunch.target
+    captions = rng.integers(11, 11 + noise_tokens, size=(len(y), length))
+    captions[np.arange(len(y)), rng.integers(0, length, len(y))] = y + 1
+    images = (bunch.images / 16.0).astype("float32")[..., None]
+    return RawData((images, captions.astype("int32")), y, "classification",
+                   [str(n) for n in bunch.target_names],
+                   info={"vocab_size": 11 + noise_tokens, "text_length": length})
+
+
 @DATASETS.register("iris", task="classification", input="table 4")
 def iris() -> RawData:
     """scikit-learn's iris: 150 flowers, 4 features, 3 classes."""

@@ -45,6 +45,29 @@ def adding(n: int = 2000, length: int = 30, seed: int = 0) -> RawData:
                    "regression")
 
 
+@DATASETS.register("reverse_tokens", task="classification", inputs=2,
+                   input="token pairs (source 8, target_in 8)")
+def reverse_tokens(n: int = 4000, length: int = 8, symbols: int = 10, seed: int = 0) -> RawData:
+    """Reverse a random token sequence: a seq2seq task with two token inputs.
+
+    Ids: 0 is padding, 1 the start token, `2 .. symbols + 1` the symbols.
+    `x = (source, target_in)`, both `(n, length)` int32: `source` is random
+    symbols, `target_in` is the reversed source shifted right behind the start
+    token (teacher forcing); `y` is the reversed source `(n, length)`, a class
+    per position. `info["start_id"]` is what greedy decoding starts from. With
+    10 symbols and length 8 there are 10^8 sequences, so test sequences are
+    (almost surely) unseen; a model that copies the source scores 2/8 per token.
+    """
+    rng = np.random.default_rng(seed)
+    source = rng.integers(2, symbols + 2, size=(n, length))
+    target = source[:, ::-1]
+    target_in = np.concatenate([np.ones((n, 1), source.dtype), target[:, :-1]], 1)
+    names = ["<pad>", "<start>", *(str(k) for k in range(symbols))]
+    return RawData((source.astype("int32"), target_in.astype("int32")),
+                   target.astype("int32"), "classification", names,
+                   info={"start_id": 1})
+
+
 def community_graph(rng, nodes: int, communities: int, p_in: float, p_out: float):
     """A stochastic block model graph: `(adjacency (nodes, nodes), community ids)`."""
     c = np.sort(rng.integers(0, communities, nodes))

@@ -9,7 +9,7 @@ import numpy as np
 
 from kdl import training
 from kdl.config import ExperimentConfig
-from kdl.data import DataSplits, load_splits
+from kdl.data import DataSplits, load_splits, take
 from kdl.io import atomic_path, atomic_write_json
 from kdl.models import build_model
 from kdl.registry import MODELS
@@ -21,6 +21,7 @@ def load_data(cfg: ExperimentConfig) -> DataSplits:
     d = cfg.data
     options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
                if v is not None}
+    options.update(d.params)
     return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                        seed=d.seed, normalize=d.normalize, **options)
 
@@ -40,7 +41,7 @@ def run(ctx) -> dict:
     atomic_write_json(run_dir / "preprocessing.json", {
         "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
         "task": splits.task, "label_names": splits.label_names,
-        "data_fingerprint": splits.fingerprint})
+        "data_fingerprint": splits.fingerprint, "data_info": splits.info})
     tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
 
     if "data_arg" in MODELS.get(cfg.model.name).meta:  # trained by its own losses (zoo)
@@ -79,6 +80,10 @@ def run(ctx) -> dict:
         raise StageFailed(f"training diverged: {result.diagnosis['message']}")
 
     test = training.evaluate(model, splits.test, splits.task)
+    decode = MODELS.get(cfg.model.name).meta.get("decode")
+    if decode is not None and "start_id" in splits.info:  # autoregressive, no teacher forcing
+        test.update(training.evaluate_decoding(model, splits.test, decode,
+                                               splits.info["start_id"]))
     save_model(model, run_dir / "model.keras")
     ctx.state["model_path"] = run_dir / "model.keras"
     metrics = {f"test_{k}": v for k, v in test.items()}
@@ -86,7 +91,8 @@ def run(ctx) -> dict:
                    stopped_early=result.stopped_early, params=model.count_params())
     if splits.task == "classification":
         y_pred = training.predict(model, splits.test.x).argmax(-1)
-        counts = plots.confusion_matrix(splits.test.y, y_pred, splits.label_names,
+        counts = plots.confusion_matrix(splits.test.y.reshape(-1), y_pred.reshape(-1),
+                                        splits.label_names,
                                         run_dir / "confusion_matrix.png")
         metrics_file = {**metrics, "confusion_matrix": counts.tolist()}
     else:
@@ -100,7 +106,9 @@ def run(ctx) -> dict:
                  "training_curves.png", "confusion_matrix.png"):
         tracker.log_artifact(run_dir / name)
     registered = cfg.tracking.model_name or f"kdl-{tracker.experiment}"
-    version = tracker.log_keras_model(model, np.asarray(splits.test.x[:4]),
+    example = take(splits.test.x, slice(0, 4))
+    example = list(example) if isinstance(example, tuple) else np.asarray(example)
+    version = tracker.log_keras_model(model, example,
                                       registered if cfg.tracking.register_model else None)
     if version is not None:
         metrics["registered_version"] = f"{registered} v{version}"
@@ -116,7 +124,9 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     are its own losses on the test split; models with `sample` also leave a
     `samples.png` grid and, on a labelled dataset, `sample_confidence`: the
     mean top-class probability a classifier of the real training data gives
-    the samples (`noise_confidence`: the same on noise).
+    the samples (`noise_confidence`: the same on noise); models with
+    `probe_features` (CLIP) on labelled data report a linear probe's test
+    accuracy, trained and untrained.
     """
     from pipelines.run import StageFailed
 
@@ -124,6 +134,9 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     entry = MODELS.get(cfg.model.name)
     model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
                          **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+    probing = hasattr(model, "probe_features") and splits.task == "classification"
+    if probing:  # the same encoder before training: the random-encoder baseline
+        untrained = probe_accuracy(model, splits)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size)
     model.compile(training.make_optimizer(cfg.train, steps))
     result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
@@ -133,13 +146,17 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     if result.diagnosis is not None:
         atomic_write_json(run_dir / "diagnosis.json", result.diagnosis)
         raise StageFailed(f"training diverged: {result.diagnosis['message']}")
-    test = model.evaluate(splits.test.x, batch_size=cfg.data.batch_size, verbose=0,
+    test_x = list(splits.test.x) if isinstance(splits.test.x, tuple) else splits.test.x
+    test = model.evaluate(test_x, batch_size=cfg.data.batch_size, verbose=0,
                           return_dict=True)
     save_model(model, run_dir / "model.keras")
     ctx.state["model_path"] = run_dir / "model.keras"
     metrics = {f"test_{k}": float(v) for k, v in test.items()}
     first = next(iter(result.history.values()), [])
     metrics.update(epochs=len(first), params=model.count_params())
+    if probing:
+        metrics.update(test_probe_accuracy=probe_accuracy(model, splits),
+                       test_probe_accuracy_untrained=untrained)
     artifacts = ["config.yaml", "preprocessing.json", "history.json", "metrics.json"]
     if hasattr(model, "sample"):
         from kdl.models.generative import classifier_confidence, save_image_grid
@@ -154,3 +171,16 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     for name in artifacts:
         tracker.log_artifact(run_dir / name)
     return metrics
+
+
+def probe_accuracy(model, splits: DataSplits) -> float:
+    """Test accuracy of a logistic regression on `model.probe_features` of the first input,
+    fitted on the training split's labels (a linear probe of the representation)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def features(x):
+        x = x[0] if isinstance(x, tuple) else x
+        return keras.ops.convert_to_numpy(model.probe_features(x))
+
+    clf = LogisticRegression(max_iter=2000).fit(features(splits.train.x), splits.train.y)
+    return float(clf.score(features(splits.test.x), splits.test.y))

@@ -8,12 +8,14 @@ BARS = [
     ("lenet5_digits", "test_accuracy", 0.95),
     ("vgg_digits", "test_accuracy", 0.97),
     ("resnet_digits", "test_accuracy", 0.97),
-    ("alexnet_digits", "test_accuracy", 0.95),
-    ("vit_digits", "test_accuracy", 0.95),
+    ("alexnet_digits", "test_accuracy", 0.97),
+    ("vit_digits", "test_accuracy", 0.97),
     ("rnn_sine", "test_accuracy", 0.90),
     ("transformer_sine", "test_accuracy", 0.90),
     ("tcn_adding", "test_r2", 0.90),
     ("gcn_communities", "test_accuracy", 0.85),
+    ("seq2seq_reverse", "test_greedy_sequence_accuracy", 0.90),
+    ("transformer_reverse", "test_greedy_sequence_accuracy", 0.90),
 ]
 
 

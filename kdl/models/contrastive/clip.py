@@ -101,6 +101,10 @@ class CLIP(CustomTrainModel):
         return (self._normalize(self.image_encoder(a, training=training)),
                 self._normalize(self.text_encoder(b, training=training)))
 
+    def probe_features(self, images):
+        """The image encoder's embedding (unnormalized), for linear probes."""
+        return self.image_encoder(images, training=False)
+
     def logit_scale(self):
         return ops.exp(ops.minimum(self.log_scale, math.log(100.0)))
 
@@ -127,13 +131,32 @@ def _example(rng, batch):
     return [a, b], [a, b]
 
 
-@MODELS.register("clip", presets=PRESETS, tasks=("self_supervised",),
+@MODELS.register("clip", presets=PRESETS, tasks=("self_supervised",), data_arg="input_shapes",
                  harness={"kwargs": {"image_shape": (8, 8, 1), "text_length": 5,
                                      "vocab_size": 10}, "example": _example,
                           "output_shape": (4,)})
-def clip(image_shape, *, text_length=8, vocab_size=None, text_shape=None, kind="dense",
-         widths=(128,), embedding_dim=32, text_embedding_dim=16, temperature=0.07,
-         learn_temperature=True, name="clip"):
-    """A `CLIP` dual encoder (see the class)."""
+def clip(image_shape=None, *, input_shapes=None, text_length=8, vocab_size=None,
+         text_shape=None, kind="dense", widths=(128,), embedding_dim=32, text_embedding_dim=16,
+         temperature=0.07, learn_temperature=True, name="clip"):
+    """A `CLIP` dual encoder (see the class).
+
+    `input_shapes=(image_shape, (text_length,))` (token modality, with
+    `vocab_size`) or `(image_shape, text_shape)` (features) sets both
+    modalities' shapes from a two-input dataset, as the train stage does.
+    """
+    if input_shapes is not None:
+        if len(input_shapes) != 2:
+            raise ValueError(f"CLIP takes two inputs (images, texts); the data has "
+                             f"{len(input_shapes)}: {input_shapes}")
+        image_shape, second = tuple(input_shapes[0]), tuple(input_shapes[1])
+        if vocab_size:
+            if len(second) != 1:
+                raise ValueError(f"token input is (length,), got {second}; for features "
+                                 "leave vocab_size unset")
+            text_length = second[0]
+        else:
+            text_shape = second
+    if image_shape is None:
+        raise ValueError("clip needs image_shape (or input_shapes from two-input data)")
     return CLIP(image_shape, text_length, vocab_size, text_shape, kind, widths, embedding_dim,
                 text_embedding_dim, temperature, learn_temperature, name=name)

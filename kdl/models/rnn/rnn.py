@@ -1,9 +1,9 @@
 """Recurrent stacks (SimpleRNN/LSTM/GRU) and an LSTM seq2seq with additive attention."""
 
 import keras
-import numpy as np
 
 from kdl.layers import AdditiveAttention, PaddingMask
+from kdl.models.decoding import greedy_decode
 from kdl.models.heads import output_head
 from kdl.registry import MODELS
 
@@ -63,6 +63,7 @@ SEQ2SEQ_PRESETS = {
 
 
 @MODELS.register("seq2seq", presets=SEQ2SEQ_PRESETS, tasks=("classification",),
+                 decode=greedy_decode,
                  harness={"input_shape": [(6,), (5,)], "vocab": 12, "num_outputs": 12,
                           "output_shape": (5, 12)})
 def seq2seq(input_shape, num_outputs, *, task="classification", source_vocab=None,
@@ -106,16 +107,3 @@ def seq2seq(input_shape, num_outputs, *, task="classification", source_vocab=Non
     x = keras.layers.Concatenate(name="state_and_context")([dec, context])
     x = keras.layers.Dense(units, activation="tanh", name="attentional")(x)
     return keras.Model([source, target], output_head(x, num_outputs, task), name=name)
-
-
-def greedy_decode(model, source, start_id: int, steps: int):
-    """Greedy decoding for `seq2seq`/`transformer`: feed back the argmax token.
-
-    Returns `(batch, steps)` token ids (the start token left out).
-    """
-    source = np.asarray(source, "int32")
-    tokens = np.full((len(source), 1), start_id, "int32")
-    for _ in range(steps):
-        probs = keras.ops.convert_to_numpy(model([source, tokens], training=False))
-        tokens = np.concatenate([tokens, probs[:, -1].argmax(-1)[:, None].astype("int32")], 1)
-    return tokens[:, 1:]

@@ -8,6 +8,7 @@ from kdl.layers import (
     TransformerDecoderBlock,
     TransformerEncoderBlock,
 )
+from kdl.models.decoding import greedy_decode
 from kdl.models.heads import output_head
 from kdl.registry import MODELS
 
@@ -70,6 +71,7 @@ SEQ2SEQ_PRESETS = {
 
 
 @MODELS.register("transformer", presets=SEQ2SEQ_PRESETS, tasks=("classification",),
+                 decode=greedy_decode,
                  harness={"input_shape": [(6,), (5,)], "vocab": 12, "num_outputs": 12,
                           "output_shape": (5, 12)})
 def transformer(input_shape, num_outputs, *, task="classification", source_vocab=None,

@@ -30,6 +30,26 @@ def build(spec):
     return model
 
 
+class KeepZeros(keras.callbacks.Callback):
+    """Re-zeroes every kernel's pruned weights after each training step.
+
+    The prune-preserving scheme masks only the kernels it fake-quantizes; tfmot's
+    `LayerReLUQuantize` transform gives a Conv2D/Dense followed by a separate ReLU
+    layer a no-op quantize config, so that kernel would drift away from zero.
+    """
+
+    def __init__(self, qat_model):
+        super().__init__()
+        # The variables: a QuantizeWrapper's `layer.kernel` is the fake-quantized tensor.
+        self.kernels = [(v, tf.cast(tf.not_equal(v, 0), v.dtype))
+                        for v in qat_model.trainable_weights
+                        if v.name.split("/")[-1].startswith("kernel")]
+
+    def on_train_batch_end(self, batch, logs=None):
+        for kernel, mask in self.kernels:
+            kernel.assign(kernel * mask)
+
+
 def schedule(cfg):
     S = tfmot.sparsity.keras
     kw = dict(cfg["kwargs"])
@@ -56,10 +76,19 @@ def main(job_dir):
         np.savez(os.path.join(job_dir, "weights.npz"),
                  **{f"w{i}": w for i, w in enumerate(out.get_weights())})
     elif job["task"] == "quantize":
-        qat = tfmot.quantization.keras.quantize_model(model)
+        Q = tfmot.quantization.keras
+        callbacks = []
+        if job.get("preserve_sparsity", False):
+            # Prune-preserving QAT: the weight quantizers keep each kernel's zeros.
+            scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+            qat = Q.quantize_apply(Q.quantize_annotate_model(model), scheme)
+            callbacks.append(KeepZeros(qat))
+        else:
+            qat = Q.quantize_model(model)
         qat.compile(keras.optimizers.Adam(job["learning_rate"]), job["loss"],
                     metrics=["accuracy"])
-        qat.fit(x, y, batch_size=job["batch_size"], epochs=job["epochs"], verbose=0)
+        qat.fit(x, y, batch_size=job["batch_size"], epochs=job["epochs"], verbose=0,
+                callbacks=callbacks)
         converter = tf.lite.TFLiteConverter.from_keras_model(qat)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         rep = arrays["rep"]

@@ -138,11 +138,21 @@ def tfmot_prune(model: keras.Model, schedule: PruningSchedule, x: np.ndarray, y:
 def tfmot_quantize(model: keras.Model, x: np.ndarray, y: np.ndarray, representative: np.ndarray,
                    out_path: Path | str, *, epochs: int, batch_size: int = 32,
                    learning_rate: float = 1e-4, loss: str = "sparse_categorical_crossentropy",
-                   float_io: bool = False, seed: int = 0, timeout: float = 1800) -> Path:
+                   float_io: bool = False, preserve_sparsity: bool = False, seed: int = 0,
+                   timeout: float = 1800) -> Path:
     """QAT with tfmot's `quantize_model`, then a full-int8 `.tflite` written to `out_path`.
 
     tfmot's QAT model (quantize wrappers, folded batch norm) has no Keras 3
     counterpart, so what comes back is the converted file, not weights.
+
+    Args:
+        preserve_sparsity: for a pruned model: tfmot's prune-preserving QAT
+            (`quantize_apply` with `Default8BitPrunePreserveQuantizeScheme`),
+            whose weight quantizers keep every zero of the input kernels; the
+            worker also re-zeroes them after each step, because tfmot gives a
+            Conv2D/Dense followed by a separate ReLU layer no weight quantizer
+            at all. The `.tflite` keeps every zero of `model`. Plain
+            `quantize_model` (the default) lets fine-tuning move them.
     """
     spec = model_spec(model)
     expected = tuple(model.inputs[0].shape[1:])
@@ -150,7 +160,8 @@ def tfmot_quantize(model: keras.Model, x: np.ndarray, y: np.ndarray, representat
         raise TfmotEngineError(f"representative dataset has examples of shape "
                                f"{tuple(representative.shape[1:])}, the model takes {expected}")
     job = {"task": "quantize", "spec": spec, "epochs": epochs, "batch_size": batch_size,
-           "learning_rate": learning_rate, "loss": loss, "float_io": float_io, "seed": seed}
+           "learning_rate": learning_rate, "loss": loss, "float_io": float_io,
+           "preserve_sparsity": bool(preserve_sparsity), "seed": seed}
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="kdl_tfmot_") as tmp:
         result = _run(job, {**_weights(model), "x": x, "y": y,

@@ -168,11 +168,12 @@ def run(ctx) -> dict:
                                   comp / f"{prefix}_qat_int8.tflite", epochs=q.epochs,
                                   batch_size=cfg.data.batch_size,
                                   learning_rate=q.learning_rate, float_io=q.float_io,
-                                  seed=cfg.train.seed)
+                                  preserve_sparsity=pruned, seed=cfg.train.seed)
             variants.append({"variant": name + " tfmot", "model": source, "tflite": path,
                              "no_keras_size": True})
-            notes.append("tfmot QAT does not keep pruning masks (tfmot's pruning-preserving "
-                         "QAT is not wired); its non-zero counts are the input model's")
+            if pruned:
+                notes.append("tfmot QAT ran prune-preserving (Default8BitPrunePreserveQuantize"
+                             "Scheme): the pruned zeros stay zero in the .tflite")
 
     workdir = Path(tempfile.mkdtemp(dir=run_dir, prefix=".quantize-work-"))
     try:

@@ -57,7 +57,10 @@ def test_distiller_moves_student_toward_teacher_and_keeps_teacher_frozen():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow  # ~30-110 s per backend on 2 shared CPU cores
+# Slow: ~15-25 s on TensorFlow, but 22-58 s on JAX even with half the epochs (2 shared
+# cores). Robust: on TF, teacher/student seeds (0,1), (2,3), (4,5), (6,7) gave agreement
+# 0.916/0.963, 0.927/0.953, 0.876/0.888, 0.904/0.945 (alone/distilled, 1,497 images).
+@pytest.mark.slow
 def test_distilled_student_follows_teacher_more_than_student_alone():
     """Same seed, same 300 labelled examples; agreement on the ~1,500 the student never saw."""
     d = load_splits("digits")

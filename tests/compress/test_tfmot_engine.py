@@ -76,3 +76,43 @@ def test_tfmot_qat_end_to_end(data, tmp_path):
     with pytest.raises(TfmotEngineError, match=r"shape \(4,\)"):
         tfmot_quantize(model, *data, representative=np.zeros((4, 4), "float32"),
                        out_path=tmp_path / "x.tflite", epochs=1)
+
+
+def _tflite_kernels(path, shapes):
+    """The int8 constant tensors of a `.tflite` whose shapes are in `shapes`, by shape."""
+    from kdl.export import LiteRTRunner
+
+    interp = LiteRTRunner(path).interpreter
+    return {tuple(d["shape"]): interp.get_tensor(d["index"])
+            for d in interp.get_tensor_details()
+            if d["dtype"] == np.int8 and tuple(d["shape"]) in shapes}
+
+
+@pytest.mark.slow  # two tf_keras QAT processes (~40-65 s)
+@pytest.mark.tf_only
+@pytest.mark.once
+def test_tfmot_prune_preserving_qat_keeps_the_zeros(data, tmp_path):
+    """A 75%-pruned model through tfmot QAT: every pruned weight is 0 in the int8 file,
+    with prune-preserving QAT; plain QAT (same data, a high learning rate) moves them."""
+    model = chain_model()
+    masks = {}
+    for name in ("conv", "dense", "head"):  # magnitude pruning to 75% per kernel
+        layer = model.get_layer(name)
+        w, b = layer.get_weights()
+        keep = np.abs(w) > np.quantile(np.abs(w), 0.75)
+        layer.set_weights([w * keep, b])
+        masks[name] = ~keep
+    # TFLite layouts: Conv2D kernel (out, h, w, in), FullyConnected (out, in).
+    pruned = {(8, 3, 3, 1): np.transpose(masks["conv"], (3, 0, 1, 2)),
+              (32, 512): masks["dense"].T, (10, 32): masks["head"].T}
+    zeros_moved = {}
+    for preserve in (True, False):
+        path = tfmot_quantize(model, *data, representative=data[0][:64],
+                              out_path=tmp_path / f"qat_{preserve}.tflite", epochs=1,
+                              learning_rate=1e-2, preserve_sparsity=preserve)
+        kernels = _tflite_kernels(path, set(pruned))
+        assert set(kernels) == set(pruned), sorted(kernels)
+        zeros_moved[preserve] = {s: int(np.count_nonzero(kernels[s][m]))
+                                 for s, m in pruned.items()}
+    assert all(v == 0 for v in zeros_moved[True].values()), zeros_moved
+    assert sum(zeros_moved[False].values()) > 0, zeros_moved  # the check can see a loss

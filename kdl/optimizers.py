@@ -18,6 +18,7 @@ model compiled with it saves and loads with its optimizer state.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 import keras
@@ -71,6 +72,20 @@ def _normalize_groups(groups) -> list[dict]:
     return out
 
 
+def _path_tails(path: str) -> list[str]:
+    """`"sequential/conv_0/kernel"` -> that, `"conv_0/kernel"` and `"kernel"`.
+
+    A variable's path starts with the scopes it was created in, which depend on
+    how the model was built: a `Sequential` model built in a process prefixes
+    its name (`"sequential_3/conv_0/kernel"`), the same model loaded from a
+    `.keras` file does not (`"conv_0/kernel"`). Matching every tail keeps a
+    pattern like `"^conv_0/"` on the same variables either way, so a resumed
+    run regroups its variables as the original did.
+    """
+    parts = path.split("/")
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
 @keras.saving.register_keras_serializable(package="kdl")
 class GroupedOptimizer(keras.optimizers.Optimizer):
     """An optimizer with a learning rate per group of variables.
@@ -81,8 +96,11 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
             `global_clipnorm` is applied over all gradients here, before the
             groups, so it stays global.
         groups: `[{"match": regex, "lr_scale": s}, ...]` or `{regex: s}`:
-            the first pattern found (`re.search`) in a variable's `path` picks
-            its group; variables matching none keep scale 1. Scale 0 freezes.
+            the first pattern found (`re.search`) in a variable's `path`, or
+            in a tail of it after a `/`, picks its group (so `"^conv_0/"`
+            matches `"conv_0/kernel"` and `"sequential/conv_0/kernel"` alike);
+            variables matching none keep scale 1. Scale 0 freezes. A group
+            that matches no trainable variable is warned about at `build`.
         name: the optimizer's name.
 
     Example:
@@ -122,8 +140,9 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         self._group_of: dict = {}  # variable key -> index into self._inner (None: frozen)
 
     def _group_index(self, variable) -> int | None:
+        keys = _path_tails(variable.path)
         for i, g in enumerate(self.groups):
-            if re.search(g["match"], variable.path):
+            if any(re.search(g["match"], k) for k in keys):
                 return i
         return None  # the default group, scale 1
 
@@ -143,6 +162,11 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         by_scale: dict[int | None, list] = {}
         for v in variables:
             by_scale.setdefault(self._group_index(v), []).append(v)
+        unmatched = [g["match"] for i, g in enumerate(self.groups) if i not in by_scale]
+        if unmatched:
+            warnings.warn(f"{self.name}: param group(s) {unmatched} match no trainable "
+                          "variable; paths are e.g. "
+                          f"{', '.join(repr(v.path) for v in variables[:3])}", stacklevel=2)
         inner, scales, group_of = [], [], {}
         for index in [*range(len(self.groups)), None]:
             members = by_scale.get(index)

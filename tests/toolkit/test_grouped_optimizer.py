@@ -114,3 +114,97 @@ def test_bad_groups_are_named():
         GroupedOptimizer(keras.optimizers.SGD(0.1), {"conv_": -1})
     with pytest.raises(ValueError, match="expected"):
         GroupedOptimizer(keras.optimizers.SGD(0.1), [{"pattern": "conv_", "lr_scale": 1}])
+
+
+@pytest.fixture
+def policy(request):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
+def test_mixed_precision_step_per_group_after_unscaling(policy):
+    """Under mixed_float16 `compile` wraps the optimizer in a LossScaleOptimizer: the
+    gradients reach the groups multiplied by 2^15 and are unscaled first. One SGD
+    step must still be `lr * scale * grad` per group, against the same model's
+    own (half-precision, unscaled) gradient; the scale-0 group stays bit-identical."""
+    from kdl.backend.grads import compute_gradients
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(3, name="a")(inputs)
+    h = keras.layers.Dense(3, name="c")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="b", dtype="float32")(h))
+    lr, scales = 0.1, {"a": 0.25, "c": 0.0, "b": 1.0}
+    opt = GroupedOptimizer(keras.optimizers.SGD(lr), {"^a/": 0.25, "^c/": 0.0})
+    model.compile(optimizer=opt, loss="mse")
+    x, t = 0.1 * X, 0.1 * T  # small gradients: 2^15 times them stays finite in float16
+    before = _weights(model)
+    _, grads = compute_gradients(model, x, t)
+    model.fit(x, t, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    if policy == "mixed_float16":
+        wrapper = model.optimizer
+        assert isinstance(wrapper, keras.optimizers.LossScaleOptimizer)
+        assert wrapper.inner_optimizer is opt
+        # The step was taken, not skipped for an overflow.
+        assert float(keras.ops.convert_to_numpy(wrapper.dynamic_scale)) == 2.0 ** 15
+    assert int(keras.ops.convert_to_numpy(opt.iterations)) == 1
+    assert [v.path for v in model.trainable_variables] == [p for p, _ in grads]
+    for (path, g), w0, w1 in zip(grads, before, _weights(model), strict=True):
+        scale = scales[path.split("/")[0]]
+        if scale == 0:
+            np.testing.assert_array_equal(w0, w1, err_msg=path)
+        else:  # a power-of-two loss scale is exact; only the weight update rounds
+            assert np.abs(g).max() > 1e-4, path  # a real step to compare
+            np.testing.assert_allclose(w0 - w1, lr * scale * g, rtol=1e-3, atol=1e-6,
+                                       err_msg=path)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_mixed_precision_save_load_and_continue(tmp_path, policy):
+    """LossScaleOptimizer(GroupedOptimizer(Adam)) saves with every state (loss scale,
+    each group's moments) and training continues identically after a reload."""
+    model = _model()
+    opt = GroupedOptimizer(keras.optimizers.Adam(1e-2), {"^a/": 0.1})
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(X, T, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(loaded.optimizer.inner_optimizer, GroupedOptimizer)
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+    for v, w in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v),
+                                      keras.ops.convert_to_numpy(w), err_msg=v.path)
+    for m in (model, loaded):
+        m.fit(X, T, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(_weights(model), _weights(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_groups_match_path_tails_so_a_reload_keeps_them(tmp_path):
+    """A Sequential model's paths carry its name when built (`sequential_N/a/kernel`)
+    and not when loaded (`a/kernel`): a pattern for the layer must match both."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                              keras.layers.Dense(2, name="b")])
+    assert model.trainable_variables[0].path.endswith("/a/kernel")
+    assert model.trainable_variables[0].path != "a/kernel"
+    opt = GroupedOptimizer(keras.optimizers.Adam(1e-2), {"^a/": 0.5, "^b/kernel$": 0.0})
+    _fit_one_step(model, opt, steps=2)
+    assert list(opt.group_scales().values()) == [0.5, 0.5, 0.0, 1.0]
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras").optimizer
+    assert list(loaded.group_scales()) == ["a/kernel", "a/bias", "b/kernel", "b/bias"]
+    assert list(loaded.group_scales().values()) == [0.5, 0.5, 0.0, 1.0]
+    for v, w in zip(opt.variables, loaded.variables, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v),
+                                      keras.ops.convert_to_numpy(w))
+
+
+def test_a_group_matching_nothing_is_warned_about():
+    opt = GroupedOptimizer(keras.optimizers.SGD(0.1), {"^conv_": 0.1})
+    with pytest.warns(UserWarning, match=r"\['\^conv_'\] match no trainable variable"):
+        _fit_one_step(_model(), opt)

@@ -74,3 +74,53 @@ def test_lr_find_cli_writes_plot_and_suggestion(tmp_path, capsys):
 def test_bad_toolkit_config_is_named(override, message, capsys):
     assert main(["run", "iris_mlp", "--set", override]) == 2
     assert message in capsys.readouterr().err
+
+
+def _optimizer_state(path):
+    optimizer = keras.saving.load_model(path).optimizer
+    return optimizer, [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
+
+
+@pytest.mark.slow  # 15-75 s: a CLI run and a resume (the fast in-process variant
+# is tests/toolkit/test_resume.py::test_grouped_optimizer_interrupted_...)
+def test_param_groups_under_mixed_precision_checkpoint_and_resume(tmp_path):
+    """`train.param_groups` + `train.precision` (mixed) + `train.checkpoint` from the CLI:
+    it trains with the groups (the frozen bias stays at its zero init), and a run
+    rolled back to its first checkpoint and resumed with `--resume` ends with the
+    same weights and optimizer variables as the uninterrupted run, bit for bit."""
+    from kdl.optimizers import GroupedOptimizer
+    from kdl.testing import mixed_policy
+
+    out = tmp_path / "out"
+    groups = "[{match: '^dense_0/', lr_scale: 0.1}, {match: '^dense_1/bias', lr_scale: 0}]"
+    assert main(["run", "iris_mlp", *COMMON, "--set", f"output_dir={out}",
+                 "--set", "train.epochs=2", "--set", "train.checkpoint=true",
+                 "--set", f"train.precision={mixed_policy()}",
+                 "--set", f"train.param_groups={groups}"]) == 0
+    run = _run_dir(out)
+    model = keras.saving.load_model(run / "model.keras")
+    grouped = model.optimizer
+    if mixed_policy() == "mixed_float16":
+        assert isinstance(grouped, keras.optimizers.LossScaleOptimizer)
+        grouped = grouped.inner_optimizer
+    assert isinstance(grouped, GroupedOptimizer)
+    scales = grouped.group_scales()
+    assert scales["dense_0/kernel"] == 0.1 and scales["dense_1/bias"] == 0.0
+    assert scales["head/kernel"] == 1.0
+    assert not np.any(keras.ops.convert_to_numpy(model.get_layer("dense_1").bias))
+    assert model.get_layer("dense_0").dtype_policy.name == mixed_policy()
+
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    copy = tmp_path / "killed"  # as if killed during epoch 2: its latest is epoch 1
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints" / ckpts[-1])
+    (copy / "checkpoints" / "latest").write_text(ckpts[0] + "\n")
+    (copy / "model.keras").unlink()
+    assert main(["run", "--resume", str(copy), "--stages", "train"]) == 0
+    for a, b in zip(_weights(copy / "model.keras"), _weights(run / "model.keras"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    (_, resumed), (_, reference) = (_optimizer_state(copy / "model.keras"),
+                                    _optimizer_state(run / "model.keras"))
+    assert len(resumed) == len(reference)
+    for a, b in zip(resumed, reference, strict=True):
+        np.testing.assert_array_equal(a, b)

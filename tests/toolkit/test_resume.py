@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from kdl.callbacks.checkpoint import EpochShuffledData, latest_checkpoint
+from kdl.testing import mixed_policy
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -44,26 +45,68 @@ class _Interrupt(Exception):
     pass
 
 
-def test_interrupted_in_process_then_resumed_matches_uninterrupted(tmp_path):
-    """Fast variant (no subprocess): an exception at step 43 stands in for the kill."""
+@pytest.fixture
+def policy(request):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy(previous)
+
+
+def _interrupted_then_resumed(tmp_path, grouped=False):
+    """Train uninterrupted, then stopped by an exception at step 43 and resumed in
+    process (the fast stand-in for a kill); returns both runs' weights and
+    optimizer variables."""
     from kdl.callbacks.checkpoint import fit_resumable
     from tests.toolkit import resume_worker as w
 
-    ref_weights, ref_opt = w.train(str(tmp_path / "ref"))
+    ref = w.train(str(tmp_path / "ref"), grouped=grouped)
 
-    class Stop(keras.callbacks.Callback):
+    class Stop(keras.callbacks.Callback):  # counts batches: a loss-scale skip is a batch too
+        steps = 0
+
         def on_train_batch_end(self, batch, logs=None):
-            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 43:
+            self.steps += 1
+            if self.steps == 43:
                 raise _Interrupt
 
     x, y = w.data()
     with pytest.raises(_Interrupt):
-        fit_resumable(w.build(), x, y, epochs=w.EPOCHS, batch_size=w.BATCH, seed=3,
+        fit_resumable(w.build(grouped), x, y, epochs=w.EPOCHS, batch_size=w.BATCH, seed=3,
                       directory=tmp_path / "ckpt", every_n_steps=10, callbacks=[Stop()])
     assert latest_checkpoint(tmp_path / "ckpt").name == "step-000000040"
-    weights, opt = w.train(str(tmp_path / "ckpt"))
+    return ref, w.train(str(tmp_path / "ckpt"), grouped=grouped)
+
+
+def test_interrupted_in_process_then_resumed_matches_uninterrupted(tmp_path):
+    (ref_weights, ref_opt), (weights, opt) = _interrupted_then_resumed(tmp_path)
     for a, b in zip(weights + opt, ref_weights + ref_opt, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("policy", ["float32", mixed_policy()], indirect=True)
+def test_grouped_optimizer_interrupted_then_resumed_matches_uninterrupted(tmp_path, policy):
+    """Per-group rates (a frozen group, a 0.3x group, the default) survive a resume:
+    the weights and every optimizer variable (each group's step counter and
+    moments; under mixed_float16 the loss scale too) end bit-identical. The
+    Sequential model's variable paths carry its name (`sequential_3/hidden/...`)
+    when built and not when loaded from the checkpoint; the groups must not move."""
+    from kdl.optimizers import GroupedOptimizer
+
+    (ref_weights, ref_opt), (weights, opt) = _interrupted_then_resumed(tmp_path, grouped=True)
+    assert len(opt) == len(ref_opt)
+    for a, b in zip(weights + opt, ref_weights + ref_opt, strict=True):
+        np.testing.assert_array_equal(a, b)
+    model = keras.saving.load_model(latest_checkpoint(tmp_path / "ckpt") / "model.keras")
+    grouped = model.optimizer
+    if policy == "mixed_float16":
+        assert isinstance(grouped, keras.optimizers.LossScaleOptimizer)
+        grouped = grouped.inner_optimizer
+    assert isinstance(grouped, GroupedOptimizer)
+    assert grouped.group_scales() == {"hidden/kernel": 0.3, "hidden/bias": 0.0,
+                                      "out/kernel": 1.0, "out/bias": 1.0}
+    assert [int(keras.ops.convert_to_numpy(o.iterations)) for o in grouped.inner_optimizers] \
+        == [int(keras.ops.convert_to_numpy(grouped.iterations))] * 2
 
 
 @pytest.mark.slow

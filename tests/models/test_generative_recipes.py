@@ -1,5 +1,5 @@
 """Generative recipes: data scaled to [-1, 1] (tanh generators, DDPM x_0 clipping), the
-and (slow) the recipes reaching their bar through the train stage."""
+sample-quality figure, and (slow) the recipes reaching their bar through the train stage."""
 
 import numpy as np
 import pytest

@@ -100,6 +100,37 @@ def test_ddpm_sampling_and_noise_target():
     assert eps.shape == (2, 4, 4, 1)
 
 
+def ho_sample(model, n, seed):
+    """Ho et al.'s ancestral update, the oracle of the unclipped sampler."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *model.image_shape)).astype("float32")
+    for t in range(model.timesteps - 1, -1, -1):
+        eps = to_np(model.net([x, np.full((n,), t, "int32")]))
+        beta, abar = model.betas[t], model.alpha_bars[t]
+        mean = (x - beta / np.sqrt(1 - abar) * eps) / np.sqrt(1 - beta)
+        x = (mean + np.sqrt(beta) * (rng.normal(size=x.shape) if t > 0 else 0.0))
+        x = x.astype("float32")
+    return x
+
+
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+def test_ddpm_sampler_is_hos_update_and_clips_x0(kind):
+    model = DDPM((4, 4, 1), timesteps=6, schedule="cosine", widths=(8,), time_dim=4,
+                 kind=kind)
+    np.testing.assert_allclose(model.sample(3, seed=2), ho_sample(model, 3, seed=2),
+                               rtol=1e-4, atol=1e-4)
+    # with x_0 clipped to a tiny range the last step's output (= clipped x_0) is in it
+    clipped = DDPM((4, 4, 1), timesteps=6, widths=(8,), time_dim=4, kind=kind,
+                   clip_denoised=0.01)
+    clipped.set_weights(model.get_weights())
+    assert np.abs(clipped.sample(3, seed=2)).max() <= 0.01 + 1e-6
+    assert DDPM.from_config(clipped.get_config()).clip_denoised == 0.01
+    with pytest.raises(ValueError, match="kind"):
+        DDPM((4, 4, 1), kind="unet")
+    with pytest.raises(ValueError, match="clip_denoised"):
+        DDPM((4, 4, 1), clip_denoised=0.0)
+
+
 def test_denoising_autoencoder_trains_on_clean_targets():
     x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
     model = Autoencoder((6,), latent_dim=6, widths=(16,), noise_std=0.1)

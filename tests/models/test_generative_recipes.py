@@ -1,5 +1,5 @@
-"""GAN recipes: data scaled to [-1, 1] for a tanh generator, the sample-quality figure,
-and (slow) the recipes reaching their bar through the train stage."""
+"""Generative recipes: data scaled to [-1, 1] (tanh generators, DDPM x_0 clipping), the
+sample-quality figure, and (slow) the recipes reaching their bar through the train stage."""
 
 import numpy as np
 import pytest
@@ -56,8 +56,8 @@ def test_classifier_confidence_tells_digits_from_noise():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gan_digits", "dcgan_digits"])
-def test_gan_recipe_samples_look_like_digits(name, tmp_path):
+@pytest.mark.parametrize("name", ["gan_digits", "dcgan_digits", "ddpm_digits"])
+def test_generative_recipe_samples_look_like_digits(name, tmp_path):
     from pipelines.run import run_pipeline
 
     cfg = load_config(name, [f"output_dir={tmp_path}", "tracking.enabled=false",

@@ -23,6 +23,10 @@ def main(folder: str) -> dict:
             xs = [ref[f"x{i}"] for i in range(int(ref["n_inputs"]))]
             x = xs if bool(ref["list_input"]) else xs[0]
             model = keras.saving.load_model(path)
+            if keras.backend.backend() == "torch":
+                # a file trained on JAX carries `jit_compile=True`, which on torch means
+                # torch.compile: minutes of tracing for a one-batch check
+                model.jit_compile = False
             # predict() compiles the whole forward once (jit on JAX): far faster than
             # eager op-by-op calls for a batch of models in a fresh process
             outs = keras.tree.flatten(model.predict(x, batch_size=len(xs[0]), verbose=0))

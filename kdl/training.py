@@ -9,6 +9,7 @@ every backend.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from kdl.backend import resolve_precision
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
-from kdl.data import DataSplits, Split, make_tf_dataset
+from kdl.data import DataSplits, Split, make_tf_dataset, model_input
 from kdl.optimizers import GroupedOptimizer
 from kdl.schedules import build_schedule
 
@@ -62,8 +63,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
     else:
         opt = keras.optimizers.RMSprop(lr, **clip)
     if cfg.param_groups:  # discriminative rates: one copy of the optimizer per group
-        groups = [{"match": g.match, "lr_scale": g.lr_scale} for g in cfg.param_groups]
-        opt = GroupedOptimizer(opt, groups)
+        opt = GroupedOptimizer(opt, [dataclasses.asdict(g) for g in cfg.param_groups])
     return opt
 
 
@@ -142,7 +142,6 @@ def fit_phases(model: keras.Model, backbone: keras.Model, splits: DataSplits, cf
     at the phase's constant rate, per-group rates from its `param_groups`.
     No early stopping across phases: each phase runs its epochs.
     """
-    import dataclasses
     import math
 
     from kdl.transfer import Phase, fine_tune
@@ -154,7 +153,7 @@ def fit_phases(model: keras.Model, backbone: keras.Model, splits: DataSplits, cf
                                                   param_groups=[]), steps)
 
     phases = [Phase(p.epochs, p.learning_rate, p.top_n, list(p.names),
-                    [{"match": g.match, "lr_scale": g.lr_scale} for g in p.param_groups])
+                    [dataclasses.asdict(g) for g in p.param_groups])
               for p in cfg.transfer.phases]
     train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
     val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
@@ -174,8 +173,8 @@ def fit_phases(model: keras.Model, backbone: keras.Model, splits: DataSplits, cf
 
 def predict(model: keras.Model, x, batch_size: int = 256) -> np.ndarray:
     """Predictions as float32; `x` is an array or a tuple of arrays (several inputs)."""
-    x = list(x) if isinstance(x, tuple | list) else x
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float32")
+    return np.asarray(model.predict(model_input(x), batch_size=batch_size, verbose=0),
+                      dtype="float32")
 
 
 def sequence_scores(y_true: np.ndarray, tokens: np.ndarray) -> dict[str, float]:

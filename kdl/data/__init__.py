@@ -18,6 +18,7 @@ from kdl.data.core import (
     fingerprint,
     load_splits,
     make_tf_dataset,
+    model_input,
     num_examples,
     take,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "fingerprint",
     "load_splits",
     "make_tf_dataset",
+    "model_input",
     "num_examples",
     "take",
 ]

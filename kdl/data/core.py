@@ -75,6 +75,11 @@ def num_examples(x) -> int:
     return len(x[0]) if is_multi_input(x) else len(x)
 
 
+def model_input(x):
+    """`x` as Keras takes it: the array, or a list of arrays for several inputs."""
+    return list(x) if is_multi_input(x) else x
+
+
 def take(x, idx):
     """`x[idx]` for one input array or each array of a tuple of inputs."""
     return tuple(a[idx] for a in x) if is_multi_input(x) else x[idx]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 
 from kdl import training
 from kdl.config import ExperimentConfig
-from kdl.data import DataSplits, load_splits, take
+from kdl.data import DataSplits, load_splits, model_input, take
 from kdl.io import atomic_path, atomic_write_json
 from kdl.models import build_model
 from kdl.registry import MODELS
@@ -106,9 +105,7 @@ def run(ctx) -> dict:
                  "training_curves.png", "confusion_matrix.png"):
         tracker.log_artifact(run_dir / name)
     registered = cfg.tracking.model_name or f"kdl-{tracker.experiment}"
-    example = take(splits.test.x, slice(0, 4))
-    example = list(example) if isinstance(example, tuple) else np.asarray(example)
-    version = tracker.log_keras_model(model, example,
+    version = tracker.log_keras_model(model, model_input(take(splits.test.x, slice(0, 4))),
                                       registered if cfg.tracking.register_model else None)
     if version is not None:
         metrics["registered_version"] = f"{registered} v{version}"
@@ -146,8 +143,7 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     if result.diagnosis is not None:
         atomic_write_json(run_dir / "diagnosis.json", result.diagnosis)
         raise StageFailed(f"training diverged: {result.diagnosis['message']}")
-    test_x = list(splits.test.x) if isinstance(splits.test.x, tuple) else splits.test.x
-    test = model.evaluate(test_x, batch_size=cfg.data.batch_size, verbose=0,
+    test = model.evaluate(model_input(splits.test.x), batch_size=cfg.data.batch_size, verbose=0,
                           return_dict=True)
     save_model(model, run_dir / "model.keras")
     ctx.state["model_path"] = run_dir / "model.keras"

@@ -116,14 +116,6 @@ def test_bad_groups_are_named():
         GroupedOptimizer(keras.optimizers.SGD(0.1), [{"pattern": "conv_", "lr_scale": 1}])
 
 
-@pytest.fixture
-def policy(request):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(request.param)
-    yield request.param
-    keras.config.set_dtype_policy(previous)
-
-
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
 def test_mixed_precision_step_per_group_after_unscaling(policy):
     """Under mixed_float16 `compile` wraps the optimizer in a LossScaleOptimizer: the

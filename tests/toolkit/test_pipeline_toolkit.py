@@ -18,6 +18,18 @@ def _run_dir(root: Path) -> Path:
     return run
 
 
+def _killed_copy(run: Path, tmp_path: Path) -> Path:
+    """A copy of `run` as if killed during its last epoch: the newest checkpoint and the
+    final model.keras are gone, `latest` names the checkpoint before."""
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    copy = tmp_path / "killed"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints" / ckpts[-1])
+    (copy / "checkpoints" / "latest").write_text(ckpts[-2] + "\n")
+    (copy / "model.keras").unlink()
+    return copy
+
+
 def _weights(path):
     return [keras.ops.convert_to_numpy(w) for w in keras.saving.load_model(path).weights]
 
@@ -36,12 +48,7 @@ def test_run_with_toolkit_then_resume_gives_the_same_model(tmp_path, capsys):
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert len(ckpts) == 2  # epochs 3 and 4 kept
 
-    # A copy of the run as if killed during epoch 4: its latest checkpoint is epoch 3.
-    copy = tmp_path / "killed"
-    shutil.copytree(run, copy)
-    shutil.rmtree(copy / "checkpoints" / ckpts[-1])
-    (copy / "checkpoints" / "latest").write_text(ckpts[0] + "\n")
-    (copy / "model.keras").unlink()
+    copy = _killed_copy(run, tmp_path)  # as if killed during epoch 4: latest is epoch 3
     assert main(["run", "--resume", str(copy), "--stages", "train"]) == 0
     for a, b in zip(_weights(copy / "model.keras"), _weights(run / "model.keras"), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
@@ -110,12 +117,7 @@ def test_param_groups_under_mixed_precision_checkpoint_and_resume(tmp_path):
     assert not np.any(keras.ops.convert_to_numpy(model.get_layer("dense_1").bias))
     assert model.get_layer("dense_0").dtype_policy.name == mixed_policy()
 
-    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
-    copy = tmp_path / "killed"  # as if killed during epoch 2: its latest is epoch 1
-    shutil.copytree(run, copy)
-    shutil.rmtree(copy / "checkpoints" / ckpts[-1])
-    (copy / "checkpoints" / "latest").write_text(ckpts[0] + "\n")
-    (copy / "model.keras").unlink()
+    copy = _killed_copy(run, tmp_path)  # as if killed during epoch 2: latest is epoch 1
     assert main(["run", "--resume", str(copy), "--stages", "train"]) == 0
     for a, b in zip(_weights(copy / "model.keras"), _weights(run / "model.keras"), strict=True):
         np.testing.assert_array_equal(a, b)

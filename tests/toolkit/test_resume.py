@@ -45,14 +45,6 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.fixture
-def policy(request):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(request.param)
-    yield request.param
-    keras.config.set_dtype_policy(previous)
-
-
 def _interrupted_then_resumed(tmp_path, grouped=False):
     """Train uninterrupted, then stopped by an exception at step 43 and resumed in
     process (the fast stand-in for a kill); returns both runs' weights and

@@ -77,6 +77,14 @@ def fake_quant_bias(b, scale):
     return _straight_through(b, q)
 
 
+def _bias_on_grid(bias, kernel, input_scale):
+    """A Dense/Conv bias on TFLite's int32 grid `input_scale * weight_scale(kernel)`;
+    float without `input_scale`."""
+    if input_scale is None:
+        return bias
+    return fake_quant_bias(bias, ops.multiply(input_scale, weight_scale(kernel, keepdims=False)))
+
+
 def activation_qparams(min_val, max_val):
     """TFLite's asymmetric int8 `(scale, zero_point)` for a float range (zero included)."""
     lo = ops.minimum(min_val, 0.0)
@@ -189,11 +197,7 @@ class QuantDense(keras.layers.Dense):
         kernel = ops.convert_to_tensor(self.kernel)
         x = ops.matmul(inputs, fake_quant_weights(kernel, axis=-1))
         if self.bias is not None:
-            bias = ops.convert_to_tensor(self.bias)
-            if input_scale is not None:
-                bias = fake_quant_bias(bias, ops.multiply(
-                    input_scale, weight_scale(kernel, keepdims=False)))
-            x = ops.add(x, bias)
+            x = ops.add(x, _bias_on_grid(ops.convert_to_tensor(self.bias), kernel, input_scale))
         if self.activation is not None:
             x = self.activation(x)
         return x
@@ -244,9 +248,7 @@ def _quant_conv(base):
             kernel, bias = self._folded()
             x = self.convolution_op(inputs, fake_quant_weights(kernel, axis=-1))
             if bias is not None:
-                if input_scale is not None:
-                    bias = fake_quant_bias(bias, ops.multiply(
-                        input_scale, weight_scale(kernel, keepdims=False)))
+                bias = _bias_on_grid(bias, kernel, input_scale)
                 if self.data_format == "channels_first":
                     bias = ops.reshape(bias, (1, self.filters) + (1,) * self.rank)
                 x = ops.add(x, bias)

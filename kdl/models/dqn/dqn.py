@@ -211,17 +211,25 @@ class NumpyPolicy:
         return int(self.q_values(obs[None])[0].argmax())
 
 
-def _greedy_returns(policy, env, episodes: int, seed: int) -> list[float]:
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        total, done = 0.0, False
-        while not done:
-            obs, r, term, trunc, _ = env.step(policy(obs))
-            total += r
-            done = term or trunc
-        returns.append(total)
-    return returns
+def _greedy_returns(q_values, env_name: str, episodes: int, seed: int) -> list[float]:
+    """Returns of `episodes` greedy episodes (seeds `seed`, `seed + 1`, ...) played side
+    by side: one batched `q_values(obs)` call per time step for all of them."""
+    envs = [_make_env(env_name, seed + ep) for ep in range(episodes)]
+    obs = np.stack([env.reset(seed=seed + ep)[0] for ep, env in enumerate(envs)])
+    obs = obs.astype("float32")
+    returns = np.zeros(episodes)
+    active = np.ones(episodes, bool)
+    while active.any():
+        # a fixed batch shape (finished episodes' rows are ignored): no recompiles
+        actions = np.asarray(q_values(obs)).argmax(-1)
+        for i in np.flatnonzero(active):
+            o, r, term, trunc, _ = envs[i].step(int(actions[i]))
+            obs[i] = o
+            returns[i] += r
+            active[i] = not (term or trunc)
+    for env in envs:
+        env.close()
+    return returns.tolist()
 
 
 def evaluate_policy(model: DQN, episodes: int = 100, env_name: str = "CartPole-v1",
@@ -231,22 +239,8 @@ def evaluate_policy(model: DQN, episodes: int = 100, env_name: str = "CartPole-v
     The episodes run side by side: one batched Q-network call per time step
     for all unfinished episodes (seeds `seed`, `seed + 1`, ...).
     """
-    envs = [_make_env(env_name, seed + ep) for ep in range(episodes)]
-    obs = np.stack([env.reset(seed=seed + ep)[0] for ep, env in enumerate(envs)])
-    obs = obs.astype("float32")
-    returns = np.zeros(episodes)
-    active = np.ones(episodes, bool)
-    while active.any():
-        # a fixed batch shape (finished episodes' rows are ignored): no recompiles
-        actions = ops.convert_to_numpy(model.q_network(obs)).argmax(-1)
-        for i in np.flatnonzero(active):
-            o, r, term, trunc, _ = envs[i].step(int(actions[i]))
-            obs[i] = o
-            returns[i] += r
-            active[i] = not (term or trunc)
-    for env in envs:
-        env.close()
-    return returns.tolist()
+    return _greedy_returns(lambda obs: ops.convert_to_numpy(model.q_network(obs)), env_name,
+                           episodes, seed)
 
 
 def train_cartpole(model: DQN | None = None, *, steps: int = 50_000, batch_size: int = 64,
@@ -286,7 +280,6 @@ def train_cartpole(model: DQN | None = None, *, steps: int = 50_000, batch_size:
         raise ValueError(f"learning_starts ({learning_starts}) must be >= batch_size "
                          f"({batch_size}): the first update samples a full batch")
     env = _make_env(env_name, seed)
-    eval_env = _make_env(env_name, seed + 10_000)
     obs_dim = int(env.observation_space.shape[0])
     n_actions = int(env.action_space.n)
     if model is None:
@@ -317,7 +310,7 @@ def train_cartpole(model: DQN | None = None, *, steps: int = 50_000, batch_size:
                       epochs=1, shuffle=False, verbose=0)
             policy = NumpyPolicy(model)
         if step >= learning_starts and step % eval_every == 0:
-            score = float(np.mean(_greedy_returns(policy.act, eval_env, eval_episodes,
+            score = float(np.mean(_greedy_returns(policy.q_values, env_name, eval_episodes,
                                                   seed + 10_000 + step)))
             if score > best_score:
                 best_score, best_weights = score, model.q_network.get_weights()
@@ -328,7 +321,6 @@ def train_cartpole(model: DQN | None = None, *, steps: int = 50_000, batch_size:
             if stop_at is not None and best_score >= stop_at:
                 break
     env.close()
-    eval_env.close()
     if best_weights is not None:
         model.q_network.set_weights(best_weights)
         model.update_target()

@@ -42,33 +42,31 @@ def noise_net(image_shape, widths, time_dim, kind="conv", name="noise_net"):
     images such as 8x8 digits)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    conv = kind == "conv"
+
+    def block(units, name, kernel=3, **kw):  # the layer of `kind`: 3x3 conv or Dense
+        if conv:
+            return keras.layers.Conv2D(units, kernel, padding="same", name=name, **kw)
+        return keras.layers.Dense(units, name=name, **kw)
+
+    prefix = "conv" if conv else "dense"
     x_in = keras.Input(shape=tuple(image_shape), name="x_t")
     t_in = keras.Input(shape=(), dtype="int32", name="t")
     temb = TimestepEmbedding(time_dim, name="time_embedding")(t_in)
     temb = keras.layers.Dense(time_dim, activation="swish", name="time_mlp")(temb)
-    if kind == "conv":
-        h = keras.layers.Conv2D(widths[0], 3, padding="same", name="stem")(x_in)
-    else:
-        h = keras.layers.Flatten(name="flatten")(x_in)
-        h = keras.layers.Dense(widths[0], name="stem")(h)
+    h = x_in if conv else keras.layers.Flatten(name="flatten")(x_in)
+    h = block(widths[0], "stem")(h)
     for i, f in enumerate(widths):
         bias = keras.layers.Dense(f, name=f"time_{i}")(temb)
-        if kind == "conv":
+        if conv:
             bias = keras.layers.Reshape((1, 1, f), name=f"time_{i}_reshape")(bias)
-            r = h if h.shape[-1] == f else keras.layers.Conv2D(f, 1, name=f"skip_{i}")(h)
-            h = keras.layers.Conv2D(f, 3, padding="same", name=f"conv_{i}a")(h)
-        else:
-            r = h if h.shape[-1] == f else keras.layers.Dense(f, name=f"skip_{i}")(h)
-            h = keras.layers.Dense(f, name=f"dense_{i}a")(h)
+        r = h if h.shape[-1] == f else block(f, f"skip_{i}", kernel=1)(h)
+        h = block(f, f"{prefix}_{i}a")(h)
         h = keras.layers.Activation("swish", name=f"act_{i}a")(keras.layers.Add()([h, bias]))
-        if kind == "conv":
-            h = keras.layers.Conv2D(f, 3, padding="same", activation="swish",
-                                    name=f"conv_{i}b")(h)
-        else:
-            h = keras.layers.Dense(f, activation="swish", name=f"dense_{i}b")(h)
+        h = block(f, f"{prefix}_{i}b", activation="swish")(h)
         h = keras.layers.Add(name=f"res_{i}")([r, h])
-    if kind == "conv":
-        out = keras.layers.Conv2D(image_shape[-1], 3, padding="same", name="out")(h)
+    if conv:
+        out = block(image_shape[-1], "out")(h)
     else:
         out = keras.layers.Dense(math.prod(image_shape), name="out")(h)
         out = keras.layers.Reshape(tuple(image_shape), name="out_reshape")(out)

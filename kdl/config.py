@@ -59,6 +59,17 @@ class DataConfig:
     # False: as loaded.
     normalize: Literal[True, False, "standardize", "symmetric"] = True
     batch_size: int = 64
+    # Image files (image_folder, image_csv, shapes; docs/images.md): the model's input size,
+    # colour, resize method and aspect-ratio policy; a tf.data file cache of the decoded
+    # images in the run directory.
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [height, width]
+    color: Literal["rgb", "grayscale"] = "rgb"
+    resize: Literal["bilinear", "nearest"] = "bilinear"
+    fit: Literal["stretch", "crop", "pad"] = "stretch"  # aspect ratio: ignore/crop/pad
+    cache: bool = False
+    # Keras preprocessing layers for the training split, in order:
+    # [{name: RandomFlip, mode: horizontal}, {name: RandomRotation, factor: 0.1}, ...]
+    augment: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -502,6 +513,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.name == "csv":
         _check_csv(d.path, d.target)
     _check_dataset(cfg)
+    _check_images(cfg)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
     if cfg.train.learning_rate <= 0:
@@ -570,8 +582,10 @@ def _check_dataset(cfg: ExperimentConfig) -> None:
 
     d = cfg.data
     entry = DATASETS.get(d.name)
+    from kdl.data.sources import IMAGE_OPTIONS
+
     accepted = [p for p in inspect.signature(entry.obj).parameters
-                if p not in ("path", "target", "task")]
+                if p not in ("path", "target", "task", *IMAGE_OPTIONS)]
     for key in d.params:
         if key not in accepted:
             raise ConfigError(f"data.params: dataset {d.name!r} has no argument {key!r}."
@@ -591,6 +605,53 @@ def _check_dataset(cfg: ExperimentConfig) -> None:
         if cfg.train.checkpoint:
             raise ConfigError(f"train.checkpoint: resumable checkpoints take one input array; "
                               f"dataset {d.name!r} feeds {inputs}: set train.checkpoint=false")
+
+
+def _check_images(cfg: ExperimentConfig) -> None:
+    """Image size, augmentation layers and a model that takes raw pixels."""
+    from kdl.data import DataError
+    from kdl.data.augment import check_augment
+    from kdl.registry import DATASETS, MODELS
+
+    d = cfg.data
+    if len(d.image_size) != 2 or min(d.image_size) < 1:
+        raise ConfigError(f"data.image_size must be [height, width] >= 1 (got {d.image_size})")
+    try:
+        check_augment(d.augment)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    files = DATASETS.get(d.name).meta.get("files", False)
+    if d.cache and not files:
+        raise ConfigError(f"data.cache caches decoded image files; dataset {d.name!r} is "
+                          "in memory already: drop data.cache")
+    if files and cfg.train.checkpoint:
+        raise ConfigError("train.checkpoint: resumable checkpoints take in-memory arrays, not "
+                          f"streamed image files ({d.name!r}): set train.checkpoint=false")
+    if d.augment and cfg.train.checkpoint:
+        raise ConfigError("train.checkpoint: resumable checkpoints do not run data.augment: "
+                          "set train.checkpoint=false or drop the augmentation")
+    if files:  # the folder's layout and every file, checked now (the scan is reused)
+        from kdl.data.sources import IMAGE_OPTIONS
+
+        options = {k: getattr(d, k) for k in IMAGE_OPTIONS}
+        try:
+            DATASETS.build(d.name, **({"path": d.path} if d.path else {}), **options,
+                           **d.params)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+    weights = cfg.model.params.get("weights")
+    if MODELS.get(cfg.model.name).meta.get("raw_pixels") and weights not in (
+            None, "none", "imagenet") and not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"model.params.weights: {weights!r} is not a file; use none (random "
+                          "init), imagenet (downloads) or a local weights file")
+    if MODELS.get(cfg.model.name).meta.get("raw_pixels") and d.normalize:
+        raise ConfigError(f"model {cfg.model.name!r} takes raw pixels in [0, 255] and rescales "
+                          "inside: set data.normalize=false")
+    if MODELS.get(cfg.model.name).meta.get("raw_pixels") and "quantize" in cfg.stages \
+            and cfg.quantize.qat:
+        raise ConfigError(f"model {cfg.model.name!r} has depthwise convolutions, which native "
+                          "QAT does not fake-quantize: set quantize.qat=false (post-training "
+                          "int8)")
 
 
 def _check_csv(path: str, target: str | None) -> None:

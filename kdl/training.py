@@ -16,11 +16,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdl.backend import resolve_precision
+from kdl.backend import distribution, resolve_precision
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
-from kdl.data import DataSplits, Split, make_tf_dataset, model_input
+from kdl.data import DataSplits, Split, make_tf_dataset, model_input, take
 from kdl.optimizers import GroupedOptimizer
 from kdl.schedules import build_schedule
 
@@ -64,6 +64,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
         opt = keras.optimizers.RMSprop(lr, **clip)
     if cfg.param_groups:  # discriminative rates: one copy of the optimizer per group
         opt = GroupedOptimizer(opt, [dataclasses.asdict(g) for g in cfg.param_groups])
+    elif distribution.active() is not None:
+        distribution.clip_after_all_reduce(opt)
     return opt
 
 
@@ -100,8 +102,16 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     continues from its latest checkpoint; the trained model, a new object when
     resumed, is `TrainResult.extra["model"]`.
     """
-    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
-    val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
+    dist = distribution.active()
+    drop = dist is not None and dist.drop_remainder  # JAX: every batch splits evenly
+    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed,
+                               drop_remainder=drop)
+    val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop)
+              if len(splits.val) >= (batch_size if drop else 1) else None)
+    if dist is not None:
+        first = slice(0, batch_size)
+        distribution.keep_epoch_order(model, (model_input(take(splits.train.x, first)),
+                                              splits.train.y[first]))
     guard = TerminateOnNonFinite()
     cbs: list[keras.callbacks.Callback] = [guard]
     stopper = None

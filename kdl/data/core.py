@@ -254,11 +254,13 @@ def load_splits(
 
 
 def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                    targets: bool = True):
+                    targets: bool = True, drop_remainder: bool = False):
     """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
 
     Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
-    Several inputs come as a tuple `((x0, x1, ...), y)`.
+    Several inputs come as a tuple `((x0, x1, ...), y)`. Under several
+    processes each takes its part of every batch (`AutoShardPolicy.DATA`: the
+    arrays are in memory, there are no files to split).
     """
     import tensorflow as tf
 
@@ -267,4 +269,7 @@ def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, see
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -120,6 +120,28 @@ class TransferConfig:
 
 
 @dataclass
+class DistributionConfig:
+    """Training on several devices or processes (docs/scale.md). JAX: `keras.distribution`;
+    TensorFlow: `tf.distribute` (data parallel only); PyTorch: not supported (Keras has no
+    distribution API for it)."""
+
+    kind: Literal["none", "data_parallel", "model_parallel"] = "none"
+    devices: int | Literal["all"] = "all"  # devices of this process to use (all processes')
+    # model_parallel: the device mesh, axis name -> size in order; the first axis takes the
+    # batch (e.g. {batch: 1, model: 2}). data_parallel: optional, one axis.
+    mesh: dict[str, int] = field(default_factory=dict)
+    # model_parallel: variable path regex (re.search, e.g. "dense.*kernel") -> one mesh axis
+    # or null per dimension of the variable; variables matching none are replicated.
+    layout: dict[str, list[str | None]] = field(default_factory=dict)
+    # Several processes (multi-host): process 0's "host:port", the process count and this
+    # process's id. Unset: $KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID,
+    # $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID, SLURM's, $TF_CONFIG.
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
@@ -146,6 +168,7 @@ class TrainConfig:
     # [{match: "^conv_", lr_scale: 0.1}, {match: "^head/", lr_scale: 1.0}].
     param_groups: list[ParamGroupConfig] = field(default_factory=list)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
 
 
 @dataclass
@@ -458,6 +481,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.train.checkpoint_every_steps is not None and not cfg.train.checkpoint:
         raise ConfigError("train.checkpoint_every_steps needs train.checkpoint=true")
     _check_param_groups(cfg.train.param_groups, "train.param_groups")
+    _check_distribution(cfg)
     t = cfg.train.transfer
     for i, phase in enumerate(t.phases):
         key = f"train.transfer.phases[{i}]"
@@ -572,6 +596,19 @@ def validate_compression(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"stages: {later} needs the trained model: put it after train")
     if "quantize" in order and "prune" in order and order["quantize"] < order["prune"]:
         raise ConfigError("stages: quantize after prune (QAT keeps the pruning masks)")
+
+
+def _check_distribution(cfg: ExperimentConfig) -> None:
+    """`train.distribution`: what the backend supports, a consistent mesh and layout."""
+    from kdl.backend.distribution import check_config
+
+    message = check_config(cfg.train.distribution, cfg.data.batch_size)
+    if message:
+        raise ConfigError(message)
+    d = cfg.train.distribution
+    if d.kind != "none" and cfg.train.transfer.phases:
+        raise ConfigError("train.distribution covers one fit: train.transfer.phases are not "
+                          "distributed; set train.distribution.kind=none or drop the phases")
 
 
 def _check_dataset(cfg: ExperimentConfig) -> None:

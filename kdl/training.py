@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdl.backend import resolve_precision
+from kdl.backend import distribution, resolve_precision
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
@@ -65,6 +65,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
         opt = keras.optimizers.RMSprop(lr, **clip)
     if cfg.param_groups:  # discriminative rates: one copy of the optimizer per group
         opt = GroupedOptimizer(opt, [dataclasses.asdict(g) for g in cfg.param_groups])
+    elif distribution.active() is not None:
+        distribution.clip_after_all_reduce(opt)
     return opt
 
 
@@ -99,12 +101,13 @@ def soft_labels(splits: DataSplits) -> bool:
     return bool(splits.augment is not None and splits.augment.soft_labels)
 
 
-def train_and_val(splits: DataSplits, batch_size: int, seed: int):
+def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder: bool = False):
     """The training dataset (shuffled, augmented) and the validation one (or None); with
     soft labels the validation targets are one-hot too, for the same loss."""
     train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=seed,
-                               augment=splits.augment)
-    val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
+                               drop_remainder=drop_remainder, augment=splits.augment)
+    val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop_remainder)
+              if len(splits.val) >= (batch_size if drop_remainder else 1) else None)
     if val_ds is not None and soft_labels(splits):
         val_ds = one_hot_targets(val_ds, len(splits.label_names))
     return train_ds, val_ds
@@ -120,7 +123,12 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     continues from its latest checkpoint; the trained model, a new object when
     resumed, is `TrainResult.extra["model"]`.
     """
-    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed)
+    dist = distribution.active()
+    drop = dist is not None and dist.drop_remainder  # JAX: every batch splits evenly
+    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed, drop)
+    if dist is not None:
+        head = splits.train.head(batch_size)
+        distribution.keep_epoch_order(model, (model_input(head.x), head.y))
     guard = TerminateOnNonFinite()
     cbs: list[keras.callbacks.Callback] = [guard]
     stopper = None

@@ -142,6 +142,10 @@ class Split:
     def __len__(self) -> int:
         return num_examples(self.x)
 
+    def head(self, n: int) -> Split:
+        """The first `n` examples, in memory."""
+        return Split(take(self.x, slice(0, n)), self.y[:n])
+
 
 @dataclass
 class DataSplits:
@@ -271,11 +275,13 @@ def load_splits(
 
 
 def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                    targets: bool = True, augment=None):
+                    targets: bool = True, drop_remainder: bool = False, augment=None):
     """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
 
     Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
-    Several inputs come as a tuple `((x0, x1, ...), y)`. A split of files
+    Several inputs come as a tuple `((x0, x1, ...), y)`. Under several
+    processes each takes its part of every batch (`AutoShardPolicy.DATA`: the
+    arrays are in memory, there are no files to split). A split of files
     (`kdl.data.images.ImageSplit`) streams them. `augment(x, y) -> (x, y)` runs
     on each batch (the training split's augmentation).
     """
@@ -283,14 +289,16 @@ def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, see
 
     if hasattr(split, "dataset"):
         return split.dataset(batch_size, shuffle=shuffle, seed=seed, targets=targets,
-                             augment=augment)
+                             drop_remainder=drop_remainder, augment=augment)
 
     x = tuple(split.x) if is_multi_input(split.x) else split.x
     ds = tf.data.Dataset.from_tensor_slices((x, split.y) if targets else x)
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).with_options(options)
     if augment is not None:
         if not targets or is_multi_input(split.x):
             raise DataError("augmentation needs one image input with targets")

@@ -472,8 +472,15 @@ class ImageSplit:
         idx = np.asarray(idx, "int64")
         return ImageSplit([self.paths[i] for i in idx], self.y[idx], self.spec, self.normalizer)
 
+    def head(self, n: int):
+        """The first `n` images decoded, as an in-memory `Split`."""
+        from kdl.data.core import Split
+
+        part = self.subset(np.arange(min(n, len(self))))
+        return Split(part.x, part.y)
+
     def dataset(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                targets: bool = True, augment=None):
+                targets: bool = True, drop_remainder: bool = False, augment=None):
         """`tf.data` of batches: decode (parallel) -> cache -> shuffle -> batch ->
         `augment(x, y)` -> normalize -> prefetch. The file list is shuffled before
         decoding (no image buffer) unless a file cache holds the decoded images."""
@@ -491,7 +498,7 @@ class ImageSplit:
             ds = ds.cache(self.cache)
             if shuffle:
                 ds = ds.shuffle(min(len(paths), 2048), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         if augment is not None:
             ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.normalizer is not None and np.any(self.normalizer.std != 1) | np.any(

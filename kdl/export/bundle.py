@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from kdl.export.litert import LiteRTRunner
+from kdl.gates import nonfinite_count
 
 CONTRACT_SCHEMA = "kdl.bundle/1"
 GOLDEN_SCHEMA = "kdl.golden/1"
@@ -234,6 +235,11 @@ def write_bundle(
     for fmt, path in tflite_files.items():
         path = Path(path)
         content, entries, out = _run_batch1(path, x)
+        bad = nonfinite_count(out)
+        if bad:
+            raise ValueError(f"{path.name} gives {bad} NaN/inf values on the {len(x)} golden "
+                             "inputs: the model is broken, and a bundle ships finite numbers "
+                             "only (see kdl.gates)")
         contents[path.name] = content
         tol = _tolerance(fmt, entries["outputs"], overrides)
         entry: dict[str, Any] = {

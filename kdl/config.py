@@ -183,6 +183,9 @@ class ExportConfig:
     # tflite_* format), how many golden examples (from the test split) it carries.
     bundle: list[str] | None = None
     golden_examples: int = 8
+    # tflite_int8's input: int8 (quantized float input) or uint8 (raw camera pixels, scale 1,
+    # zero point 0: the model must take unnormalized pixels, data.normalize=false).
+    input_dtype: Literal["int8", "uint8"] = "int8"
 
 
 @dataclass
@@ -516,6 +519,11 @@ def validate(cfg: ExperimentConfig) -> None:
             tflite = [f for f in cfg.export.formats if f.startswith("tflite")]
             raise ConfigError(f"export.bundle[{i}]: {fmt!r} is not an exported .tflite format; "
                               f"choose from export.formats: {', '.join(tflite) or 'none'}")
+    if cfg.export.input_dtype == "uint8" and (
+            "tflite_int8" not in cfg.export.formats or cfg.data.normalize):
+        raise ConfigError("export.input_dtype=uint8 feeds raw pixels to tflite_int8: it needs "
+                          "tflite_int8 in export.formats and data.normalize=false (got "
+                          f"formats {cfg.export.formats}, normalize {cfg.data.normalize})")
     if cfg.export.golden_examples < 1:
         raise ConfigError(f"export.golden_examples must be >= 1 (got {cfg.export.golden_examples})")
     b = cfg.bench

@@ -85,6 +85,11 @@ def take(x, idx):
     return tuple(a[idx] for a in x) if is_multi_input(x) else x[idx]
 
 
+def sample(split, idx):
+    """`split.x[idx]`: decodes only those files for a split of image files."""
+    return split.subset(idx).x if hasattr(split, "subset") else take(split.x, idx)
+
+
 @dataclass
 class Normalizer:
     """`(x - mean) / std`, per feature (tables) or per channel (images).

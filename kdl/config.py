@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -169,6 +170,9 @@ class TrainConfig:
     param_groups: list[ParamGroupConfig] = field(default_factory=list)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     distribution: DistributionConfig = field(default_factory=DistributionConfig)
+    # Kamiran-Calders reweighing: a side column of the dataset (e.g. biased_credit's
+    # `group`); each training example is weighted P(group) P(label) / P(group, label).
+    reweigh: str | None = None
 
 
 @dataclass
@@ -186,6 +190,32 @@ class ExportConfig:
     # tflite_int8's input: int8 (quantized float input) or uint8 (raw camera pixels, scale 1,
     # zero point 0: the model must take unnormalized pixels, data.normalize=false).
     input_dtype: Literal["int8", "uint8"] = "int8"
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluate stage (docs/evaluate.md). Defaults keep it cheap: a few examples
+    explained, a few attack steps."""
+
+    # Exported formats to score beside the Keras model; None: every exported file that
+    # runs here (LiteRT, ONNX, SavedModel).
+    formats: list[str] | None = None
+    calibration_bins: int = 15
+    misclassified: int = 16  # images in the misclassified grid (images only)
+    explain_examples: int = 4  # test examples explained (0 skips explanations)
+    ig_steps: int = 64
+    ig_baselines: list[Literal["zero", "blurred", "random"]] = field(
+        default_factory=lambda: ["zero", "blurred"])  # "blurred" applies to images only
+    smoothgrad_samples: int = 8
+    gradcam_layer: str | None = None  # None: the last convolution layer
+    permutation_repeats: int = 5  # tabular permutation importance
+    shap_examples: int = 10  # tabular SHAP values (the kdl[explain] extra); 0 skips
+    robustness_examples: int = 200  # test examples attacked (0 skips robustness)
+    epsilons: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4, 0.8])
+    pgd_steps: int = 3
+    noise_sigmas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    sensitive: str | None = None  # a side column of the dataset: fairness per group
+    positive_label: int = 1  # the favourable outcome for fairness (selection rate)
 
 
 @dataclass
@@ -264,7 +294,7 @@ class TuneConfig:
     seed: int = 0  # the sampler's seed
 
 
-STAGES = ("train", "distill", "prune", "quantize", "export", "bench")
+STAGES = ("train", "distill", "prune", "quantize", "export", "evaluate", "bench")
 
 
 @dataclass
@@ -279,6 +309,7 @@ class ExperimentConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -542,9 +573,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.name in ("npz", "csv") and not d.path:
         raise ConfigError(f"data.path is required for the {d.name} dataset "
                           f"(--set data.path=<file.{d.name}>)")
-    if d.name == "csv":
-        _check_csv(d.path, d.target)
+    header = _check_csv(d.path, d.target) if d.name == "csv" else None
     _check_dataset(cfg)
+    _check_evaluate(cfg, header)
     _check_images(cfg)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
@@ -714,6 +745,48 @@ def _check_csv(path: str, target: str | None) -> None:
     if target not in header:
         raise ConfigError(f"data.target: column {target!r} is not in {p.name}."
                           f"{_close(target, header)} Columns: {', '.join(header)}.")
+    return header
+
+
+def _check_evaluate(cfg: ExperimentConfig, csv_header: list[str] | None) -> None:
+    """The evaluate section's numbers, and the side columns train.reweigh and
+    evaluate.sensitive name (a dataset's registered `columns`, or a CSV's header)."""
+    from kdl.registry import DATASETS
+
+    e = cfg.evaluate
+    counts = {"calibration_bins": e.calibration_bins, "ig_steps": e.ig_steps,
+              "smoothgrad_samples": e.smoothgrad_samples, "pgd_steps": e.pgd_steps,
+              "permutation_repeats": e.permutation_repeats}
+    for key, v in counts.items():
+        if v < 1:
+            raise ConfigError(f"evaluate.{key} must be >= 1 (got {v})")
+    for key in ("misclassified", "explain_examples", "shap_examples", "robustness_examples"):
+        if getattr(e, key) < 0:
+            raise ConfigError(f"evaluate.{key} must be >= 0 (got {getattr(e, key)})")
+    for key in ("epsilons", "noise_sigmas"):
+        v = getattr(e, key)
+        if (len(v) < 2 or v[0] != 0 or any(not math.isfinite(a) for a in v)
+                or any(b <= a for a, b in zip(v, v[1:], strict=False))):
+            raise ConfigError(f"evaluate.{key} must start at 0 and increase, with at least "
+                              f"two finite values (got {v})")
+    for i, fmt in enumerate(e.formats or []):
+        if fmt not in cfg.export.formats:
+            raise ConfigError(f"evaluate.formats[{i}]: {fmt!r} is not exported; choose from "
+                              f"export.formats: {', '.join(cfg.export.formats)}")
+    named = {k: v for k, v in (("train.reweigh", cfg.train.reweigh),
+                               ("evaluate.sensitive", e.sensitive)) if v}
+    if not named:
+        return
+    if cfg.train.reweigh and cfg.train.checkpoint:
+        raise ConfigError("train.reweigh with train.checkpoint is not supported (resumable "
+                          "training takes no sample weights): set train.checkpoint=false")
+    columns = ([c for c in csv_header if c != cfg.data.target] if csv_header is not None
+               else list(DATASETS.get(cfg.data.name).meta.get("columns", ())))
+    for key, column in named.items():
+        if column not in columns:
+            raise ConfigError(f"{key}: dataset {cfg.data.name!r} has no column {column!r}."
+                              f"{_close(column, columns)} Columns: "
+                              f"{', '.join(columns) or 'none (a csv or biased_credit has)'}.")
 
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:

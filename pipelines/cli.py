@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override the run's config, e.g. "
                        "bench.threads=[1,4] bench.budget_s=2")
+    evaluate = sub.add_parser("evaluate", help="evaluate an earlier run directory: per-class "
+                              "metrics of the Keras model and its exported files, calibration, "
+                              "explanations, robustness, fairness (evaluation/report.md)")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override the run's config, e.g. "
+                          "evaluate.robustness_examples=500 evaluate.sensitive=group")
     verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
                             "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
     verify.add_argument("bundle_dir", type=Path)
@@ -151,7 +158,7 @@ def cmd_export(args) -> int:
 
         parent = json.loads(run_info.read_text()).get("mlflow_run_id")
     tracker.start(run_dir.name, {}, parent_id=parent)
-    results = run_stages(Context(cfg, run_dir, tracker), [args.command])  # export | bench
+    results = run_stages(Context(cfg, run_dir, tracker), [args.command])  # export|bench|evaluate
     print(summary_table(run_dir, results, tracker))
     return 0
 
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cartpole(args.out, steps=args.steps, seed=args.seed,
                                   episodes=args.episodes)
             return 0 if result["solved"] else 1
-        if args.command in ("export", "bench"):
+        if args.command in ("export", "bench", "evaluate"):
             return cmd_export(args)
         if args.command == "tune":
             from kdl.config import load_config

@@ -30,10 +30,11 @@ class Context:
 
 
 def stage_functions():
-    from pipelines.stages import bench, distill, export, prune, quantize, train
+    from pipelines.stages import bench, distill, evaluate, export, prune, quantize, train
 
     return {"train": train.run, "distill": distill.run, "prune": prune.run,
-            "quantize": quantize.run, "export": export.run, "bench": bench.run}
+            "quantize": quantize.run, "export": export.run, "evaluate": evaluate.run,
+            "bench": bench.run}
 
 
 def output_root(cfg: ExperimentConfig) -> Path:

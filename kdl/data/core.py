@@ -35,6 +35,9 @@ class RawData:
             `{"train": idx, "val": idx, "test": idx}`; missing ones are drawn.
         info: facts about the data a consumer needs, e.g. `{"start_id": 1}`
             for greedy decoding of a generated sequence task.
+        columns: named per-example values kept beside the inputs, as loaded (not
+            normalized), e.g. a sensitive attribute for fairness reports and
+            reweighing, whether or not it is also a feature.
     """
 
     x: np.ndarray | tuple[np.ndarray, ...]
@@ -43,6 +46,7 @@ class RawData:
     label_names: list[str] = field(default_factory=list)
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -58,6 +62,10 @@ class RawData:
             self.x = np.asarray(self.x, dtype="float32")
         if num_examples(self.x) != len(self.y):
             raise DataError(f"x has {num_examples(self.x)} examples but y has {len(self.y)}")
+        self.columns = {k: np.asarray(v) for k, v in self.columns.items()}
+        for k, v in self.columns.items():
+            if len(v) != len(self.y):
+                raise DataError(f"column {k!r} has {len(v)} values for {len(self.y)} examples")
         if self.task == "classification":
             self.y = np.asarray(self.y).astype("int32")
             if not self.label_names:
@@ -141,15 +149,30 @@ class Normalizer:
 
 @dataclass
 class Split:
+    """Inputs and targets of one split; `columns`: the dataset's side columns for these
+    examples (`RawData.columns`); `weight`: per-example training weights, or None."""
+
     x: np.ndarray | tuple[np.ndarray, ...]
     y: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return num_examples(self.x)
 
     def head(self, n: int) -> Split:
         """The first `n` examples, in memory."""
-        return Split(take(self.x, slice(0, n)), self.y[:n])
+        return Split(take(self.x, slice(0, n)), self.y[:n],
+                     {k: v[:n] for k, v in self.columns.items()},
+                     None if self.weight is None else self.weight[:n])
+
+    def column(self, name: str) -> np.ndarray:
+        """A side column by name; the error lists the dataset's columns."""
+        if name not in self.columns:
+            have = ", ".join(self.columns) or "none"
+            raise DataError(f"the dataset has no column {name!r} (its columns: {have}); "
+                            "name one of them")
+        return self.columns[name]
 
 
 @dataclass
@@ -260,16 +283,17 @@ def load_splits(
         splits.augment = build_augment(augment or [], len(splits.label_names), seed)
         return splits
     tr, va, te = _draw_splits(raw, val_fraction, test_fraction, seed)
+    cols = lambda idx: {k: v[idx] for k, v in raw.columns.items()}  # noqa: E731
     if is_multi_input(raw.x):
         if normalize:
             raise DataError(f"dataset {name!r} feeds {len(raw.x)} inputs (e.g. token ids), "
                             "which are not standardized: set data.normalize=false")
         norm = Normalizer(np.zeros(0, "float32"), np.ones(0, "float32"))  # nothing applied
-        split = lambda idx: Split(take(raw.x, idx), raw.y[idx])  # noqa: E731
+        split = lambda idx: Split(take(raw.x, idx), raw.y[idx], cols(idx))  # noqa: E731
         arrays = raw.x
     else:
         norm = fit_normalizer(normalize, raw.x[tr])
-        split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
+        split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx], cols(idx))  # noqa: E731
         arrays = (raw.x,)
     return DataSplits(
         train=split(tr), val=split(va), test=split(te),
@@ -284,7 +308,8 @@ def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, see
     """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
 
     Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
-    Several inputs come as a tuple `((x0, x1, ...), y)`. Under several
+    Several inputs come as a tuple `((x0, x1, ...), y)`; a split with `weight`
+    gives `(x, y, weight)` (Keras reads the third item as sample weights). Under several
     processes each takes its part of every batch (`AutoShardPolicy.DATA`: the
     arrays are in memory, there are no files to split). A split of files
     (`kdl.data.images.ImageSplit`) streams them. `augment(x, y) -> (x, y)` runs
@@ -297,7 +322,13 @@ def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, see
                              drop_remainder=drop_remainder, augment=augment)
 
     x = tuple(split.x) if is_multi_input(split.x) else split.x
-    ds = tf.data.Dataset.from_tensor_slices((x, split.y) if targets else x)
+    weighted = targets and split.weight is not None
+    if weighted and augment is not None:
+        raise DataError("per-example weights (train.reweigh) and augmentation together "
+                        "are not supported")
+    ds = tf.data.Dataset.from_tensor_slices(
+        ((x, split.y, split.weight.astype("float32")) if weighted else (x, split.y))
+        if targets else x)
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)

@@ -110,11 +110,14 @@ def npz(path: str | None = None, task: str = "classification", target: str | Non
 
 @DATASETS.register("csv", task="any", input="table")
 def csv_table(path: str | None = None, target: str | None = None, task: str = "classification",
-              label_names: list[str] | None = None) -> RawData:
+              label_names: list[str] | None = None, exclude: list[str] | None = None) -> RawData:
     """A CSV file with a header row: numeric feature columns and one target column.
 
     For classification, target values may be strings; they become class ids in
-    sorted order and their names become the label names.
+    sorted order and their names become the label names. Every column is also
+    kept, as read (strings), as a side column (`RawData.columns`: e.g. a sensitive
+    attribute for `evaluate.sensitive` / `train.reweigh`); `exclude` names columns
+    that are not features (they may hold text).
     """
     p = _require_file(path, "csv")
     with p.open(newline="") as fh:
@@ -127,10 +130,18 @@ def csv_table(path: str | None = None, target: str | None = None, task: str = "c
     if target not in header:
         raise DataError(f"target column {target!r} is not in {p.name}; columns: {header}")
     t = header.index(target)
+    missing = [c for c in exclude or () if c not in header]
+    if missing:
+        raise DataError(f"excluded columns {missing} are not in {p.name}; columns: {header}")
+    skip = {t} | {header.index(c) for c in exclude or ()}
+    features = [i for i in range(len(header)) if i not in skip]
     try:
-        x = np.array([[float(v) for i, v in enumerate(r) if i != t] for r in body], "float32")
+        x = np.array([[float(r[i]) for i in features] for r in body], "float32")
     except ValueError as e:
-        raise DataError(f"{p.name}: feature columns must be numeric ({e})") from None
+        raise DataError(f"{p.name}: feature columns must be numeric ({e}); "
+                        "exclude text columns with data.params.exclude=[...]") from None
+    columns = {h: np.array([r[i] for r in body]) for i, h in enumerate(header) if i != t}
+    info = {"feature_names": [header[i] for i in features]}
     raw_y = [r[t] for r in body]
     if task == "classification":
         names = label_names or sorted(set(raw_y), key=lambda v: (len(v), v))
@@ -139,8 +150,8 @@ def csv_table(path: str | None = None, target: str | None = None, task: str = "c
         if unknown:
             raise DataError(f"{p.name}: target values {unknown} are not in label_names")
         y = np.array([index[v] for v in raw_y], "int32")
-        return RawData(x, y, task, list(names))
-    return RawData(x, np.array(raw_y, "float32"), task)
+        return RawData(x, y, task, list(names), info=info, columns=columns)
+    return RawData(x, np.array(raw_y, "float32"), task, info=info, columns=columns)
 
 
 # ----------------------------------------------------------------------------- images

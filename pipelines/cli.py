@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.verify_bundle import main as verify_main
 
         return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
+    if args.command in ("export", "bench", "evaluate") and not (
+            args.run_dir / "config.yaml").is_file():  # before Keras and TensorFlow start
+        return _error(f"{args.run_dir.resolve()} is not a kdl run directory (no config.yaml); "
+                      "RUN= takes a directory under saved_models/<experiment>/")
     from kdl.config import ConfigError
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError

@@ -30,7 +30,7 @@ import numpy as np
 
 from kdl import training
 from kdl.compress.report import count_params, file_sizes, table
-from kdl.data import fingerprint
+from kdl.data import fingerprint, sample
 from kdl.gates import at_least, at_most, nonfinite_count
 from kdl.io import atomic_write_json, atomic_write_text
 from pipelines import tf_process
@@ -90,15 +90,14 @@ def _convert(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
 def _qat_native(cfg, model, splits, out: Path, pruned: bool) -> keras.Model:
     from kdl.compress import MagnitudePruner
     from kdl.compress.qat import quantize_aware, strip_quantization
-    from pipelines.stages.prune import compile_model
+    from pipelines.stages.prune import compile_model, fit_data
 
     qat = quantize_aware(model)
     compile_model(qat, splits.task, cfg.quantize.learning_rate)
     callbacks = [MagnitudePruner.keep_zeros(qat).callback()] if pruned else []
     keras.utils.set_random_seed(cfg.train.seed)
-    qat.fit(splits.train.x, splits.train.y, batch_size=cfg.data.batch_size,
-            epochs=cfg.quantize.epochs, verbose=0, callbacks=callbacks,
-            validation_data=(splits.val.x, splits.val.y))
+    qat.fit(**fit_data(cfg, splits), epochs=cfg.quantize.epochs, verbose=0,
+            callbacks=callbacks)
     # No batch-norm recalibration: QAT folds each BN with its statistics frozen, and the
     # kernels were fine-tuned against those statistics.
     stripped = strip_quantization(qat, model)
@@ -141,7 +140,7 @@ def run(ctx) -> dict:
     source = keras.saving.load_model(source_path)
 
     n_rep = min(q.representative_samples, len(splits.train))
-    rep = splits.train.x[np.random.default_rng(0).permutation(len(splits.train))[:n_rep]]
+    rep = sample(splits.train, np.random.default_rng(0).permutation(len(splits.train))[:n_rep])
     expected = tuple(dense.inputs[0].shape[1:])
     if tuple(rep.shape[1:]) != expected:
         raise ValueError(f"representative dataset has examples of shape {tuple(rep.shape[1:])}"

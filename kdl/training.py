@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdl.backend import resolve_precision
+from kdl.backend import enable_determinism, resolve_precision
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
@@ -26,8 +26,11 @@ from kdl.schedules import build_schedule
 
 
 def prepare(cfg: TrainConfig) -> str:
-    """Seed every RNG and set the global dtype policy; return the policy name."""
+    """Seed every RNG, ask for deterministic ops and set the global dtype policy; return
+    the policy name. Two runs with the same seed on the same machine, backend and
+    package versions give the same weights (tests/test_reproducibility.py)."""
     keras.utils.set_random_seed(cfg.seed)
+    enable_determinism()
     policy = resolve_precision(cfg.precision)
     keras.config.set_dtype_policy(policy)
     return policy

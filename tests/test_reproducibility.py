@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import pytest
 
 from kdl import training
 from kdl.config import TrainConfig

@@ -117,7 +117,7 @@ def test_readme_layout_without_val_carves_it_from_train(tmp_path):
     path = _npz(tmp_path, x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
     s = load_splits("npz", path=path, normalize=False, val_fraction=0.2)
     np.testing.assert_array_equal(s.test.x, x[40:])  # the file's test part, untouched
-    assert len(s.val) == 8 and len(s.train) == 32
+    assert len(s.val) == 12 and len(s.train) == 28  # val_fraction: a share of all 60
     train_rows = {tuple(r) for r in x[:40]}
     assert all(tuple(r) in train_rows for r in np.concatenate([s.train.x, s.val.x]))
 

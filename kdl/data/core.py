@@ -131,8 +131,8 @@ def class_ids(y, label_names=(), where: Callable[[int], str] = lambda i: f"examp
             rows = np.flatnonzero(bad.any(axis=1))
             value = flat[rows[0]][bad[rows[0]]][0]
             raise DataError(f"{len(rows)} labels are not whole numbers (first: {where(rows[0])} "
-                            f"has {value.item()!r}); classification labels must be integers 0..K-1 "
-                            "or strings (for regression set data.task=regression)")
+                            f"has {value.item()!r}); classification labels must be integers "
+                            "0..K-1 or strings (for regression set data.task=regression)")
     ids = flat.astype("int64")
     if ids.size and ids.min() < 0:
         rows = np.flatnonzero((ids < 0).any(axis=1))
@@ -165,6 +165,11 @@ def model_input(x):
 def take(x, idx):
     """`x[idx]` for one input array or each array of a tuple of inputs."""
     return tuple(a[idx] for a in x) if is_multi_input(x) else x[idx]
+
+
+def sample(split, idx):
+    """`split.x[idx]`: decodes only those files for a split of image files."""
+    return split.subset(idx).x if hasattr(split, "subset") else take(split.x, idx)
 
 
 @dataclass
@@ -224,6 +229,10 @@ class Split:
     def __len__(self) -> int:
         return num_examples(self.x)
 
+    def head(self, n: int) -> Split:
+        """The first `n` examples, in memory."""
+        return Split(take(self.x, slice(0, n)), self.y[:n])
+
 
 @dataclass
 class DataSplits:
@@ -238,6 +247,10 @@ class DataSplits:
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)  # NaN/inf examples dropped, per split
+    # Streamed files: what was read and skipped (`data_report.json`); None for arrays.
+    files_report: dict[str, Any] | None = None
+    # The training split's augmentation, `(x, y) -> (x, y)` on batches in tf.data.
+    augment: Any = None
 
     @property
     def input_shape(self) -> tuple:
@@ -274,7 +287,7 @@ def _draw_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: 
     Splits the data defines (`raw.splits`) are kept. The missing ones are drawn
     (seeded) from the training part when the data defines one (an `.npz` with
     `x_train`/`x_test` only gets its validation split from `x_train`), else
-    from the examples not yet assigned; the fractions are shares of that pool.
+    from the examples not yet assigned; the fractions are shares of all examples.
     """
     n = num_examples(raw.x)
     given = {k: np.asarray(v, dtype="int64").reshape(-1) for k, v in raw.splits.items()}
@@ -297,8 +310,8 @@ def _draw_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: 
         pool = np.setdiff1d(np.arange(n), used)
         source = f"{len(pool)} examples" + (" not in the given splits" if given else "")
     pool = rng.permutation(pool)
-    n_test = 0 if "test" in given else _share(test_fraction, len(pool))
-    n_val = 0 if "val" in given else _share(val_fraction, len(pool))
+    n_test = 0 if "test" in given else _share(test_fraction, n)
+    n_val = 0 if "val" in given else _share(val_fraction, n)
     if len(pool) - n_test - n_val < 1:
         drawn = " + ".join(f"{name} {k} (data.{name}_fraction={f})"
                            for name, k, f in (("val", n_val, val_fraction),
@@ -357,7 +370,7 @@ def _check_finite(raw: RawData, parts: dict[str, np.ndarray], nonfinite: str
     return {k: idx[~rows[idx]] for k, idx in parts.items()}, counts
 
 
-def _normalizer(normalize: bool | str, x: np.ndarray) -> Normalizer:
+def fit_normalizer(normalize: bool | str, x: np.ndarray) -> Normalizer:
     if normalize is True or normalize == "standardize":
         return Normalizer.fit(x)
     if normalize == "symmetric":
@@ -376,6 +389,8 @@ def load_splits(
     seed: int = 0,
     normalize: bool | str = True,
     nonfinite: str = "error",
+    cache_dir: str | None = None,
+    augment: list[dict[str, Any]] | None = None,
     **options: Any,
 ) -> DataSplits:
     """Load dataset `name`, split it (seeded) and normalize with train statistics.
@@ -391,12 +406,22 @@ def load_splits(
         nonfinite: "error": examples holding NaN or inf are refused (`DataError`
             naming how many, in which split, and the first); "drop": they are
             dropped, and the counts per split are in `DataSplits.dropped`.
+        cache_dir: streamed image datasets: where `tf.data` caches decoded images
+            (None: decode every epoch).
+        augment: Keras preprocessing layers by name for the training split,
+            `[{"name": "RandomFlip", "mode": "horizontal"}, ...]` (`kdl.data.augment`).
         **options: passed to the dataset function (e.g. `path`, `target`).
     """
-    raw: RawData = DATASETS.build(name, **options)
+    from kdl.data.augment import build_augment
+
     for k, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= f < 1:
             raise DataError(f"{k} must be in [0, 1), got {f}")
+    raw = DATASETS.build(name, **options)
+    if hasattr(raw, "make_splits"):  # files streamed from disk (kdl.data.images)
+        splits = raw.make_splits(val_fraction, test_fraction, seed, normalize, cache_dir)
+        splits.augment = build_augment(augment or [], len(splits.label_names), seed)
+        return splits
     parts = dict(zip(("train", "val", "test"),
                      _draw_splits(raw, val_fraction, test_fraction, seed), strict=True))
     parts, dropped = _check_finite(raw, parts, nonfinite)
@@ -414,7 +439,7 @@ def load_splits(
         split = lambda idx: Split(take(raw.x, idx), raw.y[idx])  # noqa: E731
         arrays = raw.x
     else:
-        norm = _normalizer(normalize, raw.x[tr])
+        norm = fit_normalizer(normalize, raw.x[tr])
         split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
         arrays = (raw.x,)
     return DataSplits(
@@ -422,6 +447,7 @@ def load_splits(
         task=raw.task, label_names=list(raw.label_names), normalizer=norm,
         fingerprint=fingerprint(*arrays, raw.y, tr, va, te), info=dict(raw.info),
         dropped=dropped,
+        augment=build_augment(augment or [], len(raw.label_names), seed),
     )
 
 
@@ -440,17 +466,32 @@ def _check_classes(raw: RawData, train: np.ndarray) -> None:
 
 
 def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                    targets: bool = True):
+                    targets: bool = True, drop_remainder: bool = False, augment=None):
     """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
 
     Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
-    Several inputs come as a tuple `((x0, x1, ...), y)`.
+    Several inputs come as a tuple `((x0, x1, ...), y)`. Under several
+    processes each takes its part of every batch (`AutoShardPolicy.DATA`: the
+    arrays are in memory, there are no files to split). A split of files
+    (`kdl.data.images.ImageSplit`) streams them. `augment(x, y) -> (x, y)` runs
+    on each batch (the training split's augmentation).
     """
     import tensorflow as tf
+
+    if hasattr(split, "dataset"):
+        return split.dataset(batch_size, shuffle=shuffle, seed=seed, targets=targets,
+                             drop_remainder=drop_remainder, augment=augment)
 
     x = tuple(split.x) if is_multi_input(split.x) else split.x
     ds = tf.data.Dataset.from_tensor_slices((x, split.y) if targets else x)
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).with_options(options)
+    if augment is not None:
+        if not targets or is_multi_input(split.x):
+            raise DataError("augmentation needs one image input with targets")
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

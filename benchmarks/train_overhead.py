@@ -26,9 +26,9 @@ import warnings
 import keras
 
 from kdl import training
-from kdl.config import load_config
+from pipelines.config import load_config
 from pipelines.run import run_pipeline
-from pipelines.stages.train import load_data
+from pipelines.stages.common import load_data
 from pipelines.tracking import Tracker
 
 

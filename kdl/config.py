@@ -27,6 +27,10 @@ import kdl.callbacks  # noqa: F401  (registers callbacks)
 import kdl.data  # noqa: F401  (registers datasets)
 import kdl.models  # noqa: F401  (registers models)
 import kdl.schedules  # noqa: F401  (registers schedules)
+from kdl.backend.distribution import check_config as check_distribution
+from kdl.data import DataError
+from kdl.data.augment import check_augment
+from kdl.data.sources import IMAGE_OPTIONS
 from kdl.registry import CALLBACKS, DATASETS, MODELS, SCHEDULES
 
 
@@ -70,6 +74,17 @@ class DataConfig:
     # False: as loaded.
     normalize: Literal[True, False, "standardize", "symmetric"] = True
     batch_size: int = 64
+    # Image files (image_folder, image_csv, shapes; docs/images.md): the model's input size,
+    # colour, resize method and aspect-ratio policy; a tf.data file cache of the decoded
+    # images in the run directory.
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [height, width]
+    color: Literal["rgb", "grayscale"] = "rgb"
+    resize: Literal["bilinear", "nearest"] = "bilinear"
+    fit: Literal["stretch", "crop", "pad"] = "stretch"  # aspect ratio: ignore/crop/pad
+    cache: bool = False
+    # Keras preprocessing layers for the training split, in order:
+    # [{name: RandomFlip, mode: horizontal}, {name: RandomRotation, factor: 0.1}, ...]
+    augment: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +135,28 @@ class TransferConfig:
 
 
 @dataclass
+class DistributionConfig:
+    """Training on several devices or processes (docs/scale.md). JAX: `keras.distribution`;
+    TensorFlow: `tf.distribute` (data parallel only); PyTorch: not supported (Keras has no
+    distribution API for it)."""
+
+    kind: Literal["none", "data_parallel", "model_parallel"] = "none"
+    devices: int | Literal["all"] = "all"  # devices of this process to use (all processes')
+    # model_parallel: the device mesh, axis name -> size in order; the first axis takes the
+    # batch (e.g. {batch: 1, model: 2}). data_parallel: optional, one axis.
+    mesh: dict[str, int] = field(default_factory=dict)
+    # model_parallel: variable path regex (re.search, e.g. "dense.*kernel") -> one mesh axis
+    # or null per dimension of the variable; variables matching none are replicated.
+    layout: dict[str, list[str | None]] = field(default_factory=dict)
+    # Several processes (multi-host): process 0's "host:port", the process count and this
+    # process's id. Unset: $KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID,
+    # $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID, SLURM's, $TF_CONFIG.
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
@@ -146,6 +183,7 @@ class TrainConfig:
     # [{match: "^conv_", lr_scale: 0.1}, {match: "^head/", lr_scale: 1.0}].
     param_groups: list[ParamGroupConfig] = field(default_factory=list)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -303,6 +341,7 @@ def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig) 
     if train.checkpoint_every_steps is not None and not train.checkpoint:
         raise ConfigError("train.checkpoint_every_steps needs train.checkpoint=true")
     _check_param_groups(train.param_groups, "train.param_groups")
+    _check_distribution(train, data.batch_size)
     t = train.transfer
     for i, phase in enumerate(t.phases):
         key = f"train.transfer.phases[{i}]"
@@ -329,6 +368,7 @@ def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig) 
     if d.name == "csv":
         _check_csv(d.path, d.target)
     _check_dataset(data, train)
+    _check_images(data, model, train)
     if train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {train.epochs})")
     if train.learning_rate <= 0:
@@ -349,7 +389,7 @@ def _check_dataset(data: DataConfig, train: TrainConfig) -> None:
     """`data.params` are arguments of the dataset; several-input datasets are not normalized."""
     entry = DATASETS.get(data.name)
     accepted = [p for p in inspect.signature(entry.obj).parameters
-                if p not in ("path", "target", "task")]
+                if p not in ("path", "target", "task", *IMAGE_OPTIONS)]
     for key in data.params:
         if key not in accepted:
             raise ConfigError(f"data.params: dataset {data.name!r} has no argument {key!r}."
@@ -364,6 +404,57 @@ def _check_dataset(data: DataConfig, train: TrainConfig) -> None:
         if train.checkpoint:
             raise ConfigError(f"train.checkpoint: resumable checkpoints take one input array; "
                               f"dataset {data.name!r} feeds {inputs}: set train.checkpoint=false")
+
+
+def _check_distribution(train: TrainConfig, batch_size: int) -> None:
+    """`train.distribution`: what the backend supports, a consistent mesh and layout."""
+    message = check_distribution(train.distribution, batch_size)
+    if message:
+        raise ConfigError(message)
+    if train.distribution.kind != "none" and train.transfer.phases:
+        raise ConfigError("train.distribution covers one fit: train.transfer.phases are not "
+                          "distributed; set train.distribution.kind=none or drop the phases")
+
+
+def takes_raw_pixels(model: ModelConfig) -> bool:
+    """The model rescales raw [0, 255] pixels itself (mobile backbones)."""
+    return bool(MODELS.get(model.name).meta.get("raw_pixels"))
+
+
+def _check_images(data: DataConfig, model: ModelConfig, train: TrainConfig) -> None:
+    """Image size, augmentation layers and a model that takes raw pixels."""
+    d = data
+    if len(d.image_size) != 2 or min(d.image_size) < 1:
+        raise ConfigError(f"data.image_size must be [height, width] >= 1 (got {d.image_size})")
+    try:
+        check_augment(d.augment)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    files = DATASETS.get(d.name).meta.get("files", False)
+    if d.cache and not files:
+        raise ConfigError(f"data.cache caches decoded image files; dataset {d.name!r} is "
+                          "in memory already: drop data.cache")
+    if files and train.checkpoint:
+        raise ConfigError("train.checkpoint: resumable checkpoints take in-memory arrays, not "
+                          f"streamed image files ({d.name!r}): set train.checkpoint=false")
+    if d.augment and train.checkpoint:
+        raise ConfigError("train.checkpoint: resumable checkpoints do not run data.augment: "
+                          "set train.checkpoint=false or drop the augmentation")
+    if files:  # the folder's layout and every file, checked now (the scan is reused)
+        options = {k: getattr(d, k) for k in IMAGE_OPTIONS}
+        try:
+            DATASETS.build(d.name, **({"path": d.path} if d.path else {}), **options,
+                           **d.params)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+    weights = model.params.get("weights")
+    if takes_raw_pixels(model) and weights not in (
+            None, "none", "imagenet") and not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"model.params.weights: {weights!r} is not a file; use none (random "
+                          "init), imagenet (downloads) or a local weights file")
+    if takes_raw_pixels(model) and d.normalize:
+        raise ConfigError(f"model {model.name!r} takes raw pixels in [0, 255] and rescales "
+                          "inside: set data.normalize=false")
 
 
 def _check_csv(path: str, target: str | None) -> None:

@@ -28,6 +28,7 @@ from kdl.config import (
     from_mapping,
     merge_override,
     parse_override,
+    takes_raw_pixels,
     to_dict,
     validate_sections,
     yaml_load,
@@ -100,6 +101,9 @@ class ExportConfig:
     # tflite_* format), how many golden examples (from the test split) it carries.
     bundle: list[str] | None = None
     golden_examples: int = 8
+    # tflite_int8's input: int8 (quantized float input) or uint8 (raw camera pixels, scale 1,
+    # zero point 0: the model must take unnormalized pixels, data.normalize=false).
+    input_dtype: Literal["int8", "uint8"] = "int8"
 
 
 @dataclass
@@ -272,6 +276,11 @@ def validate(cfg: ExperimentConfig) -> None:
     validate_sections(cfg.data, cfg.model, cfg.train)
     check_stages(cfg.stages)
     _check_export(cfg.export)
+    if cfg.export.input_dtype == "uint8" and (
+            "tflite_int8" not in cfg.export.formats or cfg.data.normalize):
+        raise ConfigError("export.input_dtype=uint8 feeds raw pixels to tflite_int8: it needs "
+                          "tflite_int8 in export.formats and data.normalize=false (got "
+                          f"formats {cfg.export.formats}, normalize {cfg.data.normalize})")
     b = cfg.bench
     if not b.threads or any(t < 1 for t in b.threads):
         raise ConfigError(f"bench.threads must list thread counts >= 1 (got {b.threads})")
@@ -283,6 +292,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if inputs > 1 and others:
         raise ConfigError(f"stages: dataset {cfg.data.name!r} feeds {inputs} inputs, which only "
                           f"the train stage takes (not {', '.join(others)}): set stages=[train]")
+    if takes_raw_pixels(cfg.model) and "quantize" in cfg.stages and cfg.quantize.qat:
+        raise ConfigError(f"model {cfg.model.name!r} has depthwise convolutions, which native "
+                          "QAT does not fake-quantize: set quantize.qat=false (post-training "
+                          "int8)")
     validate_compression(cfg)
 
 

@@ -12,9 +12,11 @@ from typing import Any
 import keras
 
 from kdl import training
-from kdl.data import DataSplits, load_splits
+from kdl.data import DataSplits, load_splits, make_tf_dataset
+from kdl.data.sources import IMAGE_OPTIONS
 from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path
+from kdl.registry import DATASETS
 from pipelines.config import ExperimentConfig
 from pipelines.tracking import Tracker
 
@@ -39,14 +41,36 @@ class Context:
         return self.state["splits"]
 
 
-def load_data(cfg: ExperimentConfig) -> DataSplits:
-    """The recipe's dataset, split and normalized exactly as in training."""
+def load_data(cfg: ExperimentConfig, cache_dir: Path | None = None) -> DataSplits:
+    """The recipe's dataset, split and normalized exactly as in training (image files:
+    their decoded images cached under `cache_dir` when `data.cache`)."""
     d = cfg.data
     options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
                if v is not None}
+    if DATASETS.get(d.name).meta.get("files"):
+        options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
     options.update(d.params)
     return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                       seed=d.seed, normalize=d.normalize, **options)
+                       seed=d.seed, normalize=d.normalize, augment=d.augment,
+                       cache_dir=str(cache_dir) if d.cache and cache_dir else None, **options)
+
+
+def fit_data(cfg: ExperimentConfig, splits: DataSplits) -> dict:
+    """`fit` arguments for a fine-tune on the training split (not augmented): the arrays,
+    or for image files streamed batches (shuffled, seeded), so memory stays flat."""
+    if not hasattr(splits.train, "dataset"):
+        return {"x": splits.train.x, "y": splits.train.y, "batch_size": cfg.data.batch_size,
+                "validation_data": (splits.val.x, splits.val.y)}
+    b = cfg.data.batch_size
+    return {"x": make_tf_dataset(splits.train, b, shuffle=True, seed=cfg.train.seed),
+            "validation_data": make_tf_dataset(splits.val, b) if len(splits.val) else None}
+
+
+def calibration_batches(splits: DataSplits, batch_size: int = 256):
+    """The training inputs for batch-norm recalibration: the array, or streamed batches."""
+    if hasattr(splits.train, "dataset"):
+        return make_tf_dataset(splits.train, batch_size, targets=False)
+    return splits.train.x
 
 
 def load_keras(path: Path, missing: str) -> keras.Model:

@@ -20,7 +20,14 @@ from kdl.compress.pruning import recalibrate_batch_norm
 from kdl.compress.report import count_params
 from kdl.config import ConfigError
 from kdl.io import atomic_write_json
-from pipelines.stages.common import Context, compile_model, load_trained, save_model
+from pipelines.stages.common import (
+    Context,
+    calibration_batches,
+    compile_model,
+    fit_data,
+    load_trained,
+    save_model,
+)
 
 
 def make_schedule(cfg, total_steps: int):
@@ -57,11 +64,10 @@ def run(ctx: Context) -> dict:
         pruner = MagnitudePruner(model, schedule, scope=p.scope, block_size=p.block_size,
                                  m_by_n=p.m_by_n, exclude=p.exclude)  # raises before fitting
         compile_model(model, splits.task, p.learning_rate)
-        model.fit(splits.train.x, splits.train.y, batch_size=cfg.data.batch_size,
-                  epochs=p.epochs, validation_data=(splits.val.x, splits.val.y), verbose=0,
+        model.fit(**fit_data(cfg, splits), epochs=p.epochs, verbose=0,
                   callbacks=[pruner.callback(), tracker.keras_callback("prune/")])
         model = pruner.strip()
-        recalibrate_batch_norm(model, splits.train.x)
+        recalibrate_batch_norm(model, calibration_batches(splits))
         layers = pruner.report()
     else:
         from kdl.compress.pruning import prunable_weights
@@ -76,7 +82,7 @@ def run(ctx: Context) -> dict:
                             batch_size=cfg.data.batch_size, learning_rate=p.learning_rate,
                             loss=loss, seed=cfg.train.seed)
         compile_model(model, splits.task, p.learning_rate)
-        recalibrate_batch_norm(model, splits.train.x)
+        recalibrate_batch_norm(model, calibration_batches(splits))
         layers = {v.path: float(np.mean(keras.ops.convert_to_numpy(v) == 0))
                   for _, v in prunable_weights(model)}
     target = schedule.final_sparsity

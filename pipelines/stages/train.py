@@ -7,7 +7,7 @@ import math
 import keras
 
 from kdl import training
-from kdl.data import DataSplits, model_input, take
+from kdl.data import DataSplits, make_tf_dataset, model_input, take
 from kdl.io import atomic_write_json
 from kdl.models import build_model
 from kdl.registry import MODELS
@@ -19,8 +19,22 @@ from pipelines.stages.common import Context, StageFailed, load_data, save_model
 def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     policy = training.prepare(cfg.train)
-    splits = load_data(cfg)
+    splits = load_data(cfg, run_dir / "cache")
     ctx.state["splits"] = splits
+    if splits.files_report is not None:  # image files: what was read, what was skipped
+        report = splits.files_report
+        atomic_write_json(run_dir / "data_report.json", report)
+        tracker.log_artifact(run_dir / "data_report.json")
+        tracker.log_metrics({"data/images": report["images"],
+                             "data/skipped_files": report["skipped"]})
+        if report["skipped"]:
+            print(f"data: skipped {report['skipped']} unusable file(s) of {report['root']} "
+                  f"(listed in {run_dir / 'data_report.json'})")
+    if splits.augment is not None:  # one augmented training batch, to look at
+        plots.image_batch(make_tf_dataset(splits.train, 32, shuffle=True, seed=cfg.data.seed,
+                                          augment=splits.augment),
+                          run_dir / "augmented_batch.png", "one augmented training batch")
+        tracker.log_artifact(run_dir / "augmented_batch.png")
     atomic_write_json(run_dir / "preprocessing.json", {
         "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
         "task": splits.task, "label_names": splits.label_names,
@@ -37,7 +51,7 @@ def run(ctx: Context) -> dict:
         model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
                             task=splits.task, preset=cfg.model.preset, **cfg.model.params)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-    training.compile_for(model, splits.task, cfg.train, steps)
+    training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
     tracker.log_params({"precision_policy": policy, "params": model.count_params(),
                         "train_examples": len(splits.train)})
 

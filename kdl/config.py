@@ -172,6 +172,8 @@ class TrainConfig:
     seed: int = 42
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     verbose: Literal["auto", 0, 1, 2] = "auto"
+    # PyTorch backend: CPU intra-op threads (None: half the cores, see kdl.backend.torch_threads)
+    torch_threads: int | None = None
     # The toolkit (docs/training.md).
     ema_momentum: float | None = None  # keep an EMA of the weights; fit ends on it
     accumulation_steps: int | None = None  # apply the mean gradient of N batches
@@ -371,6 +373,9 @@ def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig) 
     _check_images(data, model, train)
     if train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {train.epochs})")
+    if train.torch_threads is not None and train.torch_threads < 1:
+        raise ConfigError(f"train.torch_threads must be >= 1 or null (got "
+                          f"{train.torch_threads}); null: half the cores")
     if train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be > 0 (got {train.learning_rate})")
     if train.beta_1 is not None and (train.optimizer not in ("adam", "adamw")

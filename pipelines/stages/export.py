@@ -91,7 +91,8 @@ def run(ctx) -> dict:
                                         "fingerprint": fingerprint(representative)}
             _log(tracker, report)
             if "error" in report:
-                raise StageFailed(f"export failed: {report['error']}")
+                raise tf_process.conversion_failed(run_dir, "export", cfg.model.name,
+                                                   report["error"], report.get("crash"))
             if not report["passed"]:
                 atomic_write_json(run_dir / "export_report.failed.json", report)
                 raise StageFailed("exported files do not match the Keras model:\n"

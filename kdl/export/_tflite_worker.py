@@ -11,8 +11,8 @@ stack on stderr), not a dead pipeline. Imports TensorFlow and numpy only,
 never Keras or kdl.
 
 A job: `saved_model`, `out`, `allow_flex_ops`, `optimize` (dynamic range),
-`float16`, `representative` (a `.npy` of calibration inputs: full int8) and
-`float_io`.
+`float16`, `representative` (a `.npy` of calibration inputs: full int8),
+`float_io` and `input_dtype` (`int8`, or `uint8` for raw pixels).
 """
 
 import faulthandler
@@ -42,7 +42,8 @@ def convert(job: dict) -> bytes:
         data = np.load(job["representative"])
         converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(len(data)))
         if not job.get("float_io"):
-            converter.inference_input_type = tf.int8
+            converter.inference_input_type = (tf.uint8 if job.get("input_dtype") == "uint8"
+                                              else tf.int8)
             converter.inference_output_type = tf.int8
     return converter.convert()
 

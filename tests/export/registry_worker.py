@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 
-from kdl.config import TrackingConfig
 from pipelines import mobile
+from pipelines.config import TrackingConfig
 from pipelines.tracking import Tracker
 
 

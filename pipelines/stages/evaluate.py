@@ -25,7 +25,7 @@ from kdl.export import float32_model
 from kdl.export.formats import FORMATS, load_runner
 from kdl.io import atomic_write_json, atomic_write_text
 from kdl.registry import MODELS
-from pipelines.stages.train import load_data
+from pipelines.stages.common import Context, StageFailed, load_keras, load_trained
 
 # Keras models of a run, beside the trained one, as rows of the per-format table.
 KERAS_ROWS = {"keras": "model.keras", "keras_pruned": "compressed/model_pruned.keras",
@@ -43,7 +43,7 @@ def predictors(run_dir: Path, cfg, model: keras.Model) -> dict[str, Any]:
     out: dict[str, Any] = {"keras": lambda x: _predict(model, x)}
     for name, rel in list(KERAS_ROWS.items())[1:]:
         if (run_dir / rel).is_file():
-            m = float32_model(keras.saving.load_model(run_dir / rel))
+            m = float32_model(load_keras(run_dir / rel, ""))
             out[name] = lambda x, m=m: _predict(m, x)
     report_path = run_dir / "export" / "report.json"
     if report_path.is_file():
@@ -313,21 +313,17 @@ def store_temperature(run_dir: Path, temperature: float, tracker) -> str | None:
     atomic_write_text(contract_path, json.dumps(contract, indent=1))
     code, lines = verify_bundle(contract_path.parent)
     if code != 0:
-        from pipelines.run import StageFailed
-
         raise StageFailed("the bundle does not verify after adding the calibration "
                           "temperature:\n  " + "\n  ".join(lines))
     tracker.log_artifact(contract_path, "evaluate/bundle")
     return str(contract_path)
 
 
-def run(ctx) -> dict:
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     e = cfg.evaluate
-    model_path = run_dir / "model.keras"
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no model.keras: run the train stage first")
-    splits = ctx.state.get("splits") or load_data(cfg)
+    trained = load_trained(ctx)
+    splits = ctx.splits()
     out_dir = run_dir / "evaluation"
     out_dir.mkdir(exist_ok=True)
     rep = Report(out_dir)
@@ -337,7 +333,7 @@ def run(ctx) -> dict:
                  "inputs: per-class metrics, calibration, explanations and attacks need one "
                  "input and class scores; nothing to evaluate")
         return _finish(rep, run_dir, tracker, {})
-    model = float32_model(keras.saving.load_model(model_path))
+    model = float32_model(trained)
     preds = {k: np.asarray(f(splits.test.x), "float32").reshape(len(splits.test), -1)
              for k, f in predictors(run_dir, cfg, model).items()}
     summary: dict[str, Any] = {"models": len(preds)}

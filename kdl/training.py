@@ -16,17 +16,21 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdl.backend import distribution, resolve_precision
+from kdl.backend import distribution, resolve_precision, torch_threads
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
-from kdl.data import DataSplits, Split, make_tf_dataset, model_input, take
+from kdl.data import DataSplits, Split, make_tf_dataset, model_input
+from kdl.data.augment import one_hot_targets
 from kdl.optimizers import GroupedOptimizer
 from kdl.schedules import build_schedule
 
 
 def prepare(cfg: TrainConfig) -> str:
-    """Seed every RNG and set the global dtype policy; return the policy name."""
+    """Seed every RNG, set the global dtype policy (and PyTorch's CPU threads on that
+    backend); return the policy name."""
+    if keras.backend.backend() == "torch":
+        torch_threads(cfg.torch_threads)
     keras.utils.set_random_seed(cfg.seed)
     policy = resolve_precision(cfg.precision)
     keras.config.set_dtype_policy(policy)
@@ -69,14 +73,17 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
     return opt
 
 
-def loss_and_metrics(task: str) -> tuple[str, list[str]]:
+def loss_and_metrics(task: str, soft_labels: bool = False) -> tuple[str, list[str]]:
+    """Soft labels: one-hot or mixed targets (CutMix/MixUp augmentation)."""
     if task == "classification":
-        return "sparse_categorical_crossentropy", ["accuracy"]
+        return ("categorical_crossentropy" if soft_labels
+                else "sparse_categorical_crossentropy"), ["accuracy"]
     return "mse", ["mae"]
 
 
-def compile_for(model: keras.Model, task: str, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    loss, metrics = loss_and_metrics(task)
+def compile_for(model: keras.Model, task: str, cfg: TrainConfig, steps_per_epoch: int,
+                soft_labels: bool = False) -> None:
+    loss, metrics = loss_and_metrics(task, soft_labels)
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
 
 
@@ -92,6 +99,23 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def soft_labels(splits: DataSplits) -> bool:
+    """True when the training targets are one-hot/mixed (CutMix or MixUp augmentation)."""
+    return bool(splits.augment is not None and splits.augment.soft_labels)
+
+
+def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder: bool = False):
+    """The training dataset (shuffled, augmented) and the validation one (or None); with
+    soft labels the validation targets are one-hot too, for the same loss."""
+    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=seed,
+                               drop_remainder=drop_remainder, augment=splits.augment)
+    val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop_remainder)
+              if len(splits.val) >= (batch_size if drop_remainder else 1) else None)
+    if val_ds is not None and soft_labels(splits):
+        val_ds = one_hot_targets(val_ds, len(splits.label_names))
+    return train_ds, val_ds
+
+
 def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: int,
         callbacks: list[keras.callbacks.Callback] = (), checkpoint_dir=None) -> TrainResult:
     """Train a compiled model on `splits.train`, validating on `splits.val`.
@@ -104,14 +128,10 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     """
     dist = distribution.active()
     drop = dist is not None and dist.drop_remainder  # JAX: every batch splits evenly
-    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed,
-                               drop_remainder=drop)
-    val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop)
-              if len(splits.val) >= (batch_size if drop else 1) else None)
+    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed, drop)
     if dist is not None:
-        first = slice(0, batch_size)
-        distribution.keep_epoch_order(model, (model_input(take(splits.train.x, first)),
-                                              splits.train.y[first]))
+        head = splits.train.head(batch_size)
+        distribution.keep_epoch_order(model, (model_input(head.x), head.y))
     guard = TerminateOnNonFinite()
     cbs: list[keras.callbacks.Callback] = [guard]
     stopper = None
@@ -165,10 +185,9 @@ def fit_phases(model: keras.Model, backbone: keras.Model, splits: DataSplits, cf
     phases = [Phase(p.epochs, p.learning_rate, p.top_n, list(p.names),
                     [dataclasses.asdict(g) for g in p.param_groups])
               for p in cfg.transfer.phases]
-    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
-    val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
+    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed)
     guard = TerminateOnNonFinite()
-    loss, metrics = loss_and_metrics(splits.task)
+    loss, metrics = loss_and_metrics(splits.task, soft_labels(splits))
     report = fine_tune(model, backbone, phases, train_ds, loss=loss, metrics=metrics,
                        optimizer=optimizer, validation_data=val_ds,
                        callbacks=[guard, *callbacks], verbose=cfg.verbose)

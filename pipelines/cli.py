@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                             "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
     verify.add_argument("bundle_dir", type=Path)
     verify.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
+    sub.add_parser("predict", add_help=False,
+                   help="top-k predictions of a bundle on your inputs (image files or folders; "
+                   "numpy + ai-edge-litert + Pillow only): predict <bundle or run dir> "
+                   "<inputs...> [--top-k K] [--json]")
     sub.add_parser("config", help="print the default config as YAML")
     cart = sub.add_parser("cartpole", help="train a DQN on CartPole and evaluate it over 100 "
                           "episodes (bar: mean return >= 195; exit 1 below it)")
@@ -80,12 +84,9 @@ def _error(message: str) -> int:
 
 
 def cmd_list() -> int:
-    import kdl.data  # noqa: F401
-    import kdl.models  # noqa: F401
-    import kdl.schedules  # noqa: F401
-    from kdl.config import available_recipes
     from kdl.export import FORMATS
     from kdl.registry import DATASETS, MODELS, SCHEDULES
+    from pipelines.config import available_recipes
 
     print("recipes:  " + ", ".join(available_recipes()))
     for title, registry in (("models", MODELS), ("datasets", DATASETS),
@@ -101,16 +102,16 @@ def cmd_list() -> int:
 
 
 def cmd_run(args) -> int:
-    from kdl.config import load_config
     from pipelines import toolkit
-    from pipelines.run import run_pipeline, summary_table
+    from pipelines.config import STAGES, load_config
+    from pipelines.run import continue_run, run_pipeline, summary_table
 
+    stages = args.stages.split(",") if args.stages else None
     if args.resume is not None:
         if args.recipe or args.overrides:
             return _error("--resume takes the run directory, not a recipe or --set "
                           "(the run's config is reused)")
-        run_dir, results, tracker = toolkit.resume(
-            args.resume, args.stages.split(",") if args.stages else None)
+        run_dir, results, tracker = continue_run(args.resume, stages, resume=True)
         print()
         print(summary_table(run_dir, results, tracker))
         return 0
@@ -120,13 +121,9 @@ def cmd_run(args) -> int:
     if args.sanity and not toolkit.sanity(cfg):
         print("\nFAILED: sanity check (overfit one batch); not training", file=sys.stderr)
         return 1
-    stages = args.stages.split(",") if args.stages else None
-    if stages:
-        from kdl.config import STAGES
-
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown:
-            return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    unknown = [s for s in stages or () if s not in STAGES]
+    if unknown:
+        return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
     from kdl.backend.distribution import setup
 
     try:  # joins the other processes of a distributed run; before any other device use
@@ -146,33 +143,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate, yaml_load
-    from pipelines.run import Context, run_stages, summary_table
-    from pipelines.tracking import Tracker
+    """`export RUN_DIR` / `bench RUN_DIR`: that one stage again in an earlier run."""
+    from pipelines.run import continue_run, summary_table
 
-    run_dir = args.run_dir.resolve()
-    if not (run_dir / "config.yaml").is_file():
-        return _error(f"{run_dir} is not a kdl run directory (no config.yaml); "
-                      "RUN= takes a directory under saved_models/<experiment>/")
-    data = to_dict(from_dict(yaml_load((run_dir / "config.yaml").read_text())))
-    for text in args.overrides:
-        merge_override(data, *parse_override(text))
-    cfg = from_dict(data)
-    validate(cfg)
-    tracker = Tracker(cfg.tracking, cfg.name)
-    run_info = run_dir / "run.json"
-    parent = None
-    if run_info.is_file():
-        import json
-
-        parent = json.loads(run_info.read_text()).get("mlflow_run_id")
-    tracker.start(run_dir.name, {}, parent_id=parent)
-    results = run_stages(Context(cfg, run_dir, tracker), [args.command])  # export | bench
+    run_dir, results, tracker = continue_run(args.run_dir, [args.command], args.overrides)
     print(summary_table(run_dir, results, tracker))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:  # its own parser, before any kdl import (no Keras, no TF)
+        from pipelines.predict import main as predict_main
+
+        return predict_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
         from pipelines.verify_bundle import main as verify_main
@@ -182,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError
     from kdl.registry import UnknownNameError
+    from pipelines.run import StageFailed
 
     try:
         if args.command == "list":
@@ -189,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             import yaml
 
-            from kdl.config import ExperimentConfig, to_dict
+            from pipelines.config import ExperimentConfig, to_dict
 
             print(yaml.safe_dump(to_dict(ExperimentConfig()), sort_keys=False))
             return 0
@@ -206,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("export", "bench"):
             return cmd_export(args)
         if args.command == "tune":
-            from kdl.config import load_config
+            from pipelines.config import load_config
             from pipelines.tune import tune
 
             tune(load_config(args.recipe, args.overrides))
             return 0
         if args.command == "launch":
-            from kdl.config import load_config
+            from pipelines.config import load_config
             from pipelines.launch import launch
 
             if args.processes < 1:
@@ -220,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             load_config(args.recipe, args.overrides)  # bad input: one line, before any process
             return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":
-            from kdl.config import load_config
             from pipelines import toolkit
+            from pipelines.config import load_config
 
             toolkit.lr_find(load_config(args.recipe, args.overrides), min_lr=args.min_lr,
                             max_lr=args.max_lr, num_steps=args.steps)
@@ -229,10 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     except (ConfigError, DataError, ExportFileError, UnknownNameError, FileNotFoundError) as e:
         return _error(str(e))
-    except Exception as e:
-        from pipelines.run import StageFailed
-
-        if isinstance(e, StageFailed):
-            print(f"\nFAILED: {e}", file=sys.stderr)
-            return 1
-        raise
+    except StageFailed as e:
+        print(f"\nFAILED: {e}", file=sys.stderr)
+        return 1

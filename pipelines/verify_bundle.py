@@ -200,8 +200,41 @@ def _check_normalization(value, where: str, v: _Validation) -> None:
         raise _malformed(where, f"mean has {len(mean)} values, std {len(std)}")
 
 
+IMAGE_KEYS = ("kind", "image_size", "layout", "color", "channel_order", "decode", "resize",
+              "half_pixel_centers", "antialias", "fit", "rounding", "value_range",
+              "model_input")
+
+
+def _check_image(value, where: str, v: _Validation) -> None:
+    if value is None:
+        return
+    _keys(value, where, IMAGE_KEYS)
+    choices = {"kind": ("image",), "layout": ("NHWC",), "color": ("rgb", "grayscale"),
+               "resize": ("bilinear", "nearest"), "fit": ("stretch", "crop", "pad"),
+               "half_pixel_centers": (True,), "antialias": (False,)}
+    for key, allowed in choices.items():
+        if _require(value, key, where, (str, bool)) not in allowed:
+            raise _malformed(f"{where}.{key}", f"{value[key]!r} is not one of {list(allowed)}")
+    size = _require(value, "image_size", where, list)
+    if len(size) != 2:
+        raise _malformed(f"{where}.image_size", f"must be [height, width], got {size}")
+    for i, d in enumerate(size):
+        _number(d, f"{where}.image_size[{i}]", lo=1, integer=True)
+    lo, hi = _numbers(_require(value, "value_range", where, list), f"{where}.value_range")
+    if [lo, hi] != [0, 255]:
+        raise _malformed(f"{where}.value_range", f"decoded 8-bit pixels are [0, 255], got "
+                                                 f"{[lo, hi]}")
+    channels = 3 if value["color"] == "rgb" else 1
+    for fname, entry in (v.contract.get("files") or {}).items():
+        shape = ((entry.get("inputs") or [{}])[0]).get("shape") or []
+        if len(shape) == 4 and shape[1:] != [*size, channels]:
+            raise _malformed(f"{where}", f"says {size} x {channels} channels, {fname} takes "
+                                         f"{shape[1:]}")
+
+
 # Preprocessing steps, in the order an app applies them to the raw input.
 PREPROCESSING: dict[str, Callable[[Any, str, _Validation], None]] = {
+    "image": _check_image,
     "normalization": _check_normalization,
 }
 
@@ -330,7 +363,7 @@ def _no_constant(name: str):
 
 
 def _check_golden(golden: dict, contract: dict) -> None:
-    _keys(golden, GOLDEN, ("schema", "inputs", "expected", "reference"))
+    _keys(golden, GOLDEN, ("schema", "inputs", "expected", "reference", "images"))
     if golden.get("schema") != GOLDEN_SCHEMA:
         raise _malformed(f"{GOLDEN} schema", f"is {golden.get('schema')!r}, this checker reads "
                                              f"{GOLDEN_SCHEMA!r}")
@@ -367,6 +400,17 @@ def _check_golden(golden: dict, contract: dict) -> None:
                 hi=MAX_RTOL)
     if "reference" in golden:
         _array(golden["reference"], f"{GOLDEN} reference")
+    images = golden.get("images") or []
+    if images and not (contract.get("preprocessing") or {}).get("image"):
+        raise _malformed(f"{GOLDEN} images", "decoded images need the contract's "
+                                             "preprocessing.image block")
+    if images and len(images) != n:
+        raise _malformed(f"{GOLDEN} images", f"has {len(images)} images for {n} examples")
+    for i, g in enumerate(images):
+        arr = _array(g, f"{GOLDEN} images[{i}]")
+        if arr.ndim != 3 or arr.min() < 0 or arr.max() > 255 or (arr != np.round(arr)).any():
+            raise _malformed(f"{GOLDEN} images[{i}]", "must be decoded 8-bit pixels "
+                                                      "(height, width, channels) in 0..255")
 
 
 def load_bundle(bundle_dir: Path) -> tuple[dict, dict]:
@@ -478,6 +522,92 @@ def _check_against_contract(path: Path, side: str, details: list[dict], tensors:
                     f"{where} is quantized with scale={scale}, zero_point={zp} in the model; "
                     f"the contract says {t.get('quantization')}."
                 )
+
+
+# ---------------------------------------------------------------------------
+# The image block: decoded uint8 pixels -> the model's input size (NumPy port of the
+# training pipeline, kdl.data.images: tf.image.resize with half-pixel centres, no
+# antialiasing, float32; then round half to even and clip to [0, 255]).
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _axis(n_in: int, n_out: int, method: str):
+    scale = np.float32(n_in / n_out)
+    centre = (np.arange(n_out, dtype="float32") + np.float32(0.5)) * scale
+    if method == "nearest":
+        return np.minimum(np.floor(centre), n_in - 1).astype(int), None, None
+    src = centre - np.float32(0.5)
+    low = np.floor(src)
+    lerp = (src - low).astype("float32")
+    lo = np.clip(low, 0, n_in - 1).astype(int)
+    hi = np.clip(np.ceil(src), 0, n_in - 1).astype(int)
+    return lo, hi, lerp
+
+
+def resize(x: np.ndarray, height: int, width: int, method: str = "bilinear") -> np.ndarray:
+    """`tf.image.resize(x, (height, width), method)` for one `(h, w, c)` float32 image."""
+    x = np.asarray(x, "float32")
+    y0, y1, ly = _axis(x.shape[0], height, method)
+    x0, x1, lx = _axis(x.shape[1], width, method)
+    if method == "nearest":
+        return x[y0][:, x0]
+    lx = lx[None, :, None]
+    top = x[y0][:, x0] + (x[y0][:, x1] - x[y0][:, x0]) * lx
+    bottom = x[y1][:, x0] + (x[y1][:, x1] - x[y1][:, x0]) * lx
+    return (top + (bottom - top) * ly[:, None, None]).astype("float32")
+
+
+def preprocess_image(pixels: np.ndarray, image: dict) -> np.ndarray:
+    """The contract's `preprocessing.image`: decoded 8-bit pixels `(h, w, c)` (RGB, or one
+    grey channel) -> float32 `(height, width, channels)` in [0, 255], as in training."""
+    x = np.asarray(pixels, "float32")
+    x = x[..., None] if x.ndim == 2 else x[..., :3]
+    if image["color"] == "grayscale" and x.shape[-1] == 3:
+        x = np.floor(x @ np.asarray(GRAY_WEIGHTS, "float32") + 0.5)[..., None]
+    elif image["color"] == "rgb" and x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    th, tw = (int(s) for s in image["image_size"])
+    h, w = x.shape[:2]
+    method = image["resize"]
+    if image["fit"] == "crop":  # Keras's crop_to_aspect_ratio, centred
+        ch, cw = min(h, max(w * th // tw, 1)), min(w, max(h * tw // th, 1))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = resize(x[top:top + ch, left:left + cw], th, tw, method)
+    elif image["fit"] == "pad":  # fit inside, centred, zeros around
+        scale = min(th / h, tw / w)
+        nh = int(np.clip(np.round(h * scale), 1, th))
+        nw = int(np.clip(np.round(w * scale), 1, tw))
+        top, left = (th - nh) // 2, (tw - nw) // 2
+        out = np.zeros((th, tw, x.shape[-1]), "float32")
+        out[top:top + nh, left:left + nw] = resize(x, nh, nw, method)
+        x = out
+    else:
+        x = resize(x, th, tw, method)
+    return np.clip(np.round(x), 0, 255).astype("float32")
+
+
+def check_image_port(contract: dict, golden: dict) -> list[str]:
+    """The decoded golden images through `preprocess_image` must give the golden inputs
+    (within one 8-bit level: float rounding at .5). Returns mismatch lines."""
+    image = (contract.get("preprocessing") or {}).get("image")
+    images = golden.get("images") or []
+    if not image or not images:
+        return []
+    inputs = _array(golden["inputs"][0], f"{GOLDEN} inputs[0]")
+    out = []
+    for i, g in enumerate(images):
+        got = preprocess_image(_array(g, f"{GOLDEN} images[{i}]"), image)
+        if got.shape != inputs[i].shape:
+            out.append(f"image {i}: preprocessing gives shape {list(got.shape)}, the golden "
+                       f"input is {list(inputs[i].shape)}")
+            continue
+        diff = np.abs(got - inputs[i])
+        if not (diff <= 1).all():
+            out.append(f"image {i}: the image preprocessing (resize {image['resize']}, fit "
+                       f"{image['fit']}) differs from the golden input by up to "
+                       f"{float(diff.max()):g} levels at {int((diff > 1).sum())} values")
+    return out
 
 
 def normalize(x: np.ndarray, contract: dict) -> np.ndarray:
@@ -653,6 +783,14 @@ def verify_bundle(bundle_dir: str | Path, num_threads: int = 1) -> tuple[int, li
     except MalformedBundleError as e:
         return EXIT_MALFORMED, [f"MALFORMED {e}"]
     code, lines = EXIT_OK, []
+    port = check_image_port(contract, golden)
+    if port:
+        code = EXIT_MISMATCH
+        lines.append(f"FAIL image preprocessing: {len(golden['images'])} decoded golden images")
+        lines.extend(f"    {m}" for m in port)
+    elif golden.get("images"):
+        lines.append(f"PASS image preprocessing: {len(golden['images'])} decoded golden images "
+                     "resize to the golden inputs")
     for fname in contract["files"]:
         try:
             mismatches, s = verify_file(bundle_dir, fname, contract, golden, num_threads)

@@ -20,6 +20,7 @@ from kdl.data.core import (
     make_tf_dataset,
     model_input,
     num_examples,
+    sample,
     take,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "make_tf_dataset",
     "model_input",
     "num_examples",
+    "sample",
     "take",
 ]

@@ -52,8 +52,12 @@ DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
 _FALLBACK_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 
 HOW_TO = {
-    "order": "normalize input 0, quantize integer inputs, run at batch 1, dequantize "
-             "integer outputs",
+    "order": "image inputs: decode and resize as preprocessing.image says; normalize input 0, "
+             "quantize integer inputs, run at batch 1, dequantize integer outputs",
+    "image": "decode to 8-bit RGB (or grey: floor(0.299 R + 0.587 G + 0.114 B + 0.5)), fit "
+             "(stretch / centre-crop / pad to the aspect ratio), resize (half-pixel centres, "
+             "no antialiasing), round half to even, clip to [0, 255]; NHWC float32, or the "
+             "pixels as they are for a uint8 input (scale 1, zero point 0)",
     "normalize": "x = (raw - mean) / std over the last axis, in float32 (the input)",
     "quantize": "q = clamp(round_half_away_from_zero(x / scale) + zero_point, dtype min, "
                 "dtype max)",
@@ -183,6 +187,8 @@ def write_bundle(
     reference_outputs: np.ndarray | None = None,
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    image: Mapping[str, Any] | None = None,
+    golden_images: Sequence[np.ndarray] = (),
 ) -> Path:
     """Writes the mobile bundle directory, atomically.
 
@@ -203,6 +209,11 @@ def write_bundle(
         tolerances: per format overrides of `DEFAULT_TOLERANCES`.
         metadata: more JSON-able facts for the contract's `model` section
             (tracking run id, data fingerprint, ...).
+        image: image models: the decode/resize steps (`ImageSpec.to_dict()` and the
+            model's `model_input` range), the contract's `preprocessing.image`;
+            `golden_inputs` are then the resized pixels.
+        golden_images: the decoded 8-bit pixels `(h, w, c)` each golden input was
+            resized from, so an app's resize port is checked too.
 
     Returns:
         The bundle directory.
@@ -267,7 +278,7 @@ def write_bundle(
                   "task": task, **dict(metadata or {}),
                   "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
         "labels": [str(n) for n in label_names],
-        "preprocessing": {"normalization": norm},
+        "preprocessing": {**({"image": dict(image)} if image else {}), "normalization": norm},
         "how_to_run": HOW_TO,
         "files": files,
         "golden": {"file": "golden.json", "examples": len(raw)},
@@ -279,6 +290,10 @@ def write_bundle(
                     **_json_array(raw)}],
         "expected": expected,
     }
+    if golden_images:
+        golden["images"] = [{"name": f"image {i}", "stage": "decoded 8-bit pixels, before "
+                             "resize", **_json_array(np.asarray(g))}
+                            for i, g in enumerate(golden_images)]
     if reference_outputs is not None:
         golden["reference"] = {"source": "keras model on the normalized inputs",
                                **_json_array(reference_outputs)}

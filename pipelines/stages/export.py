@@ -19,16 +19,16 @@ import keras
 import numpy as np
 
 from kdl import training
-from kdl.data import fingerprint
+from kdl.data import fingerprint, sample
 from kdl.export import float32_model
-from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path, atomic_write_json
 from pipelines import mobile, tf_process
-from pipelines.stages.train import load_data
+from pipelines.stages.common import Context, StageFailed, load_keras
 
 
 def _run_worker(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if keras.backend.backend() == "tensorflow":
+        # Imported here: the worker module sets KERAS_BACKEND for its own process.
         from pipelines.export_worker import export_and_verify
 
         return export_and_verify(request)
@@ -38,6 +38,16 @@ def _run_worker(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
         raise RuntimeError(f"the TensorFlow export process failed (exit {proc.returncode}):\n"
                            f"{proc.stderr[-3000:]}")
     return json.loads(report_path.read_text())
+
+
+def export_options(cfg) -> dict[str, dict[str, Any]]:
+    """Per-format converter options from the config (flex ops, uint8 pixel input)."""
+    options: dict[str, dict[str, Any]] = {
+        f: {"allow_flex_ops": True} for f in cfg.export.formats
+        if f.startswith("tflite") and cfg.export.allow_flex_ops}
+    if cfg.export.input_dtype != "int8" and "tflite_int8" in cfg.export.formats:
+        options.setdefault("tflite_int8", {})["input_dtype"] = cfg.export.input_dtype
+    return options
 
 
 def failure_table(report: dict[str, Any]) -> str:
@@ -58,21 +68,16 @@ def source_model(run_dir: Path) -> Path:
     return next(run_dir / p for p in SOURCES if (run_dir / p).is_file())
 
 
-def run(ctx) -> dict:
-    from pipelines.run import StageFailed
-
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     model_path = source_model(run_dir)
     tracker.set_tags({"export_source": str(model_path.relative_to(run_dir))})
-    splits = ctx.state.get("splits") or load_data(cfg)
-    try:
-        model = float32_model(keras.saving.load_model(model_path))
-    except Exception as e:  # a truncated zip, a missing custom object, ...
-        raise ExportFileError(f"{model_path}: cannot load this .keras file "
-                              f"({type(e).__name__}: {e}); train again or restore it") from None
+    splits = ctx.splits()
+    model = float32_model(load_keras(model_path, f"{model_path} is missing"))
     reference = training.predict(model, splits.test.x)
     n_rep = min(cfg.export.representative_samples, len(splits.train))
-    representative = splits.train.x[np.random.default_rng(0).permutation(len(splits.train))[:n_rep]]
+    representative = sample(splits.train,
+                            np.random.default_rng(0).permutation(len(splits.train))[:n_rep])
 
     workdir = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-work-"))
     try:
@@ -83,8 +88,7 @@ def run(ctx) -> dict:
                 "model": str(model_path), "inputs": str(workdir / "inputs.npz"),
                 "out_dir": str(out_dir), "formats": list(cfg.export.formats),
                 "task": splits.task, "thresholds": cfg.export.thresholds,
-                "options": {f: {"allow_flex_ops": True} for f in cfg.export.formats
-                            if f.startswith("tflite") and cfg.export.allow_flex_ops},
+                "options": export_options(cfg),
             }
             report = _run_worker(request, workdir)
             report["representative"] = {"samples": n_rep,

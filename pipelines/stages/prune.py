@@ -19,23 +19,15 @@ from kdl.compress import ConstantSparsity, MagnitudePruner, PolynomialDecay
 from kdl.compress.pruning import recalibrate_batch_norm
 from kdl.compress.report import count_params
 from kdl.config import ConfigError
-from kdl.io import atomic_path, atomic_write_json
-from pipelines.stages.train import load_data
-
-
-def compile_model(model: keras.Model, task: str, learning_rate: float) -> None:
-    if task == "classification":
-        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
-    else:
-        loss, metrics = "mse", ["mae"]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
-
-
-def load_trained(ctx) -> keras.Model:
-    path = ctx.state.get("model_path") or ctx.run_dir / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"{ctx.run_dir} has no model.keras: run the train stage first")
-    return keras.saving.load_model(path)
+from kdl.io import atomic_write_json
+from pipelines.stages.common import (
+    Context,
+    calibration_batches,
+    compile_model,
+    fit_data,
+    load_trained,
+    save_model,
+)
 
 
 def make_schedule(cfg, total_steps: int):
@@ -59,11 +51,10 @@ def make_schedule(cfg, total_steps: int):
                            p.frequency)
 
 
-def run(ctx) -> dict:
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     p = cfg.prune
-    splits = ctx.state.get("splits") or load_data(cfg)
-    ctx.state["splits"] = splits
+    splits = ctx.splits()
     model = load_trained(ctx)
     baseline = training.evaluate(model, splits.test, splits.task)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size) * p.epochs
@@ -73,11 +64,10 @@ def run(ctx) -> dict:
         pruner = MagnitudePruner(model, schedule, scope=p.scope, block_size=p.block_size,
                                  m_by_n=p.m_by_n, exclude=p.exclude)  # raises before fitting
         compile_model(model, splits.task, p.learning_rate)
-        model.fit(splits.train.x, splits.train.y, batch_size=cfg.data.batch_size,
-                  epochs=p.epochs, validation_data=(splits.val.x, splits.val.y), verbose=0,
+        model.fit(**fit_data(cfg, splits), epochs=p.epochs, verbose=0,
                   callbacks=[pruner.callback(), tracker.keras_callback("prune/")])
         model = pruner.strip()
-        recalibrate_batch_norm(model, splits.train.x)
+        recalibrate_batch_norm(model, calibration_batches(splits))
         layers = pruner.report()
     else:
         from kdl.compress.pruning import prunable_weights
@@ -92,7 +82,7 @@ def run(ctx) -> dict:
                             batch_size=cfg.data.batch_size, learning_rate=p.learning_rate,
                             loss=loss, seed=cfg.train.seed)
         compile_model(model, splits.task, p.learning_rate)
-        recalibrate_batch_norm(model, splits.train.x)
+        recalibrate_batch_norm(model, calibration_batches(splits))
         layers = {v.path: float(np.mean(keras.ops.convert_to_numpy(v) == 0))
                   for _, v in prunable_weights(model)}
     target = schedule.final_sparsity
@@ -100,8 +90,7 @@ def run(ctx) -> dict:
     test = training.evaluate(model, splits.test, splits.task)
     out = run_dir / "compressed" / "model_pruned.keras"
     out.parent.mkdir(exist_ok=True)
-    with atomic_path(out) as tmp:
-        model.save(tmp)
+    save_model(model, out)
     ctx.state["pruned_model_path"] = out
     name, _ = training.primary_metric(splits.task)
     counts = count_params(model)

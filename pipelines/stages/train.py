@@ -8,36 +8,34 @@ import keras
 
 from kdl import training
 from kdl.backend.distribution import Distributed
-from kdl.config import ExperimentConfig
-from kdl.data import DataSplits, load_splits, model_input, take
-from kdl.io import atomic_path, atomic_write_json
+from kdl.data import DataSplits, make_tf_dataset, model_input, take
+from kdl.io import atomic_write_json
 from kdl.models import build_model
 from kdl.registry import MODELS
+from kdl.transfer import load_backbone, with_head
 from pipelines import plots, toolkit
+from pipelines.stages.common import Context, StageFailed, load_data, save_model
 
 
-def load_data(cfg: ExperimentConfig) -> DataSplits:
-    """The recipe's dataset, split and normalized exactly as in training."""
-    d = cfg.data
-    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
-               if v is not None}
-    options.update(d.params)
-    return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                       seed=d.seed, normalize=d.normalize, **options)
-
-
-def save_model(model: keras.Model, path) -> None:
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-
-
-def run(ctx) -> dict:
-    from pipelines.run import StageFailed
-
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     policy = training.prepare(cfg.train)
-    splits = load_data(cfg)
+    splits = load_data(cfg, run_dir / "cache")
     ctx.state["splits"] = splits
+    if splits.files_report is not None:  # image files: what was read, what was skipped
+        report = splits.files_report
+        atomic_write_json(run_dir / "data_report.json", report)
+        tracker.log_artifact(run_dir / "data_report.json")
+        tracker.log_metrics({"data/images": report["images"],
+                             "data/skipped_files": report["skipped"]})
+        if report["skipped"]:
+            print(f"data: skipped {report['skipped']} unusable file(s) of {report['root']} "
+                  f"(listed in {run_dir / 'data_report.json'})")
+    if splits.augment is not None:  # one augmented training batch, to look at
+        plots.image_batch(make_tf_dataset(splits.train, 32, shuffle=True, seed=cfg.data.seed,
+                                          augment=splits.augment),
+                          run_dir / "augmented_batch.png", "one augmented training batch")
+        tracker.log_artifact(run_dir / "augmented_batch.png")
     atomic_write_json(run_dir / "preprocessing.json", {
         "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
         "task": splits.task, "label_names": splits.label_names,
@@ -50,15 +48,13 @@ def run(ctx) -> dict:
     transfer = cfg.train.transfer
     with dist.scope():  # variables made, and fit run, on the configured devices
         if transfer.backbone:  # a trained backbone and a new head (docs/training.md)
-            from kdl.transfer import load_backbone, with_head
-
             backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
             model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
         else:
             model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
                                 task=splits.task, preset=cfg.model.preset, **cfg.model.params)
         steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-        training.compile_for(model, splits.task, cfg.train, steps)
+        training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
         dist.check_layout(model)
         tracker.log_params({"precision_policy": policy, "params": model.count_params(),
                             "train_examples": len(splits.train)})
@@ -125,7 +121,7 @@ def run(ctx) -> dict:
     return metrics
 
 
-def run_custom(ctx, splits: DataSplits) -> dict:
+def run_custom(ctx: Context, splits: DataSplits) -> dict:
     """Train a `CustomTrainModel` (VAE, GAN, DDPM, SimCLR, ...) on the inputs alone.
 
     Its registry entry names the argument that takes the data's shape
@@ -138,8 +134,6 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     `probe_features` (CLIP) on labelled data report a linear probe's test
     accuracy, trained and untrained.
     """
-    from pipelines.run import StageFailed
-
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     entry = MODELS.get(cfg.model.name)
     dist = ctx.state.get("distribution") or Distributed()

@@ -290,20 +290,21 @@ def test_checker_quantizes_like_tflite():
 # exit 2 and one line naming the problem, before any model runs.
 
 
-def _contract(fn):
+def _edit(name: str, fn):
+    """A mutation that applies `fn` to the bundle's JSON file `name`."""
     def mutate(b: Path):
-        c = json.loads((b / "contract.json").read_text())
-        fn(c)
-        (b / "contract.json").write_text(json.dumps(c))
+        d = json.loads((b / name).read_text())
+        fn(d)
+        (b / name).write_text(json.dumps(d))
     return mutate
+
+
+def _contract(fn):
+    return _edit("contract.json", fn)
 
 
 def _golden(fn):
-    def mutate(b: Path):
-        g = json.loads((b / "golden.json").read_text())
-        fn(g)
-        (b / "golden.json").write_text(json.dumps(g))
-    return mutate
+    return _edit("golden.json", fn)
 
 
 def _rename_file(new: str):

@@ -406,3 +406,15 @@ def test_malformed_contract_is_exit_2_in_one_line(case, good_bundle, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.tf_only
+def test_malformed_after_loading_the_model_is_still_one_line(good_bundle, tmp_path):
+    """LiteRT's own notices (XNNPACK delegate) must not precede the one-line error."""
+    b = copy_bundle(good_bundle, tmp_path)
+    _contract(_set(f"{_I8}/inputs/0/index", 99))(b)
+    proc = run_checker(b)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines()
+                                        if line.startswith("verify-bundle: bundle MALFORMED")]
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr

@@ -47,7 +47,9 @@ class RawData:
     def __post_init__(self):
         if self.task not in TASKS:
             raise DataError(f"task must be one of {TASKS}, got {self.task!r}")
-        if isinstance(self.x, tuple | list):
+        if is_text(self.x):  # raw strings: tokenized after splitting (kdl.data.tokenizers)
+            self.x = np.array([str(t) for t in self.x], dtype=object)
+        elif isinstance(self.x, tuple | list):
             self.x = tuple(np.asarray(a, "int32" if np.issubdtype(np.asarray(a).dtype,
                                                                   np.integer) else "float32")
                            for a in self.x)
@@ -64,6 +66,12 @@ class RawData:
                 self.label_names = [str(i) for i in range(int(self.y.max()) + 1)]
         else:
             self.y = np.asarray(self.y, dtype="float32")
+
+
+def is_text(x) -> bool:
+    """True for a 1-D array of strings (a text dataset before tokenization)."""
+    return (isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind in "OUS"
+            and (len(x) == 0 or isinstance(x[0], str | bytes)))
 
 
 def is_multi_input(x) -> bool:
@@ -138,6 +146,7 @@ class Normalizer:
 class Split:
     x: np.ndarray | tuple[np.ndarray, ...]
     y: np.ndarray
+    text: np.ndarray | None = None  # text datasets: the raw strings `x` was tokenized from
 
     def __len__(self) -> int:
         return num_examples(self.x)
@@ -219,6 +228,7 @@ def load_splits(
     test_fraction: float = 0.15,
     seed: int = 0,
     normalize: bool | str = True,
+    tokenizer: dict[str, Any] | None = None,
     **options: Any,
 ) -> DataSplits:
     """Load dataset `name`, split it (seeded) and normalize with train statistics.
@@ -231,10 +241,28 @@ def load_splits(
         normalize: True or "standardize": standardize inputs with the training
             split's statistics; "symmetric": scale each feature/channel's training
             range to [-1, 1] (for tanh generators); False: leave them as loaded.
+        tokenizer: text datasets: the tokenizer's settings
+            (`kdl.data.tokenizers.fit_tokenizer` arguments); learned on the
+            training split only, applied to every split in tf.data. The splits'
+            `x` are int32 token ids, `text` the raw strings; `info["tokenizer"]`
+            is the tokenizer's spec (what the app must reproduce).
         **options: passed to the dataset function (e.g. `path`, `target`).
     """
     raw: RawData = DATASETS.build(name, **options)
     tr, va, te = _draw_splits(raw, val_fraction, test_fraction, seed)
+    if is_text(raw.x):
+        from kdl.data.tokenizers import fit_tokenizer, tokenize, tokenizer_spec
+
+        tok = fit_tokenizer(raw.x[tr], **(tokenizer or {}))
+        spec = tokenizer_spec(tok)
+        split = lambda idx: Split(tokenize(tok, raw.x[idx]), raw.y[idx], raw.x[idx])  # noqa: E731
+        s_tr, s_va, s_te = split(tr), split(va), split(te)
+        info = {**raw.info, "tokenizer": spec, "vocab_size": spec["vocab_size"],
+                "sequence_length": spec["sequence_length"]}
+        return DataSplits(
+            train=s_tr, val=s_va, test=s_te, task=raw.task, label_names=list(raw.label_names),
+            normalizer=Normalizer(np.zeros(0, "float32"), np.ones(0, "float32")),
+            fingerprint=fingerprint(s_tr.x, s_va.x, s_te.x, raw.y, tr, va, te), info=info)
     if is_multi_input(raw.x):
         if normalize:
             raise DataError(f"dataset {name!r} feeds {len(raw.x)} inputs (e.g. token ids), "

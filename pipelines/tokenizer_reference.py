@@ -86,6 +86,13 @@ def split_words(text: str) -> list[str]:
     return words
 
 
+def read_vocabulary(path) -> list[str]:
+    """The vocabulary file: UTF-8, one token per line (only "\\n" ends a line), id = line."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        content = fh.read()
+    return content.split("\n")[:-1] if content.endswith("\n") else content.split("\n")
+
+
 class ReferenceTokenizer:
     """`encode(text) -> list[int]` of length `sequence_length`, as the contract says.
 

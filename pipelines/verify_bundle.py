@@ -18,9 +18,15 @@ each `.tflite` file the contract lists:
    within the file's tolerance (`|got - expected| <= atol + rtol * |expected|`),
    plus the top-1 class for classification bundles when it is unambiguous.
 
+Text bundles (a `preprocessing.tokenizer` block): first each golden string
+(`golden.text`) goes through the plain-Python reference tokenizer
+(`tokenizer_reference.py`, written from the contract alone) and must give the
+golden token ids exactly; the ids then go through the model as above.
+
 It imports only the standard library, numpy and `ai-edge-litert`, never Keras,
 TensorFlow or kdl: it is the reference an Android or iOS unit test mirrors,
-and a copy of this one file runs anywhere those two packages install.
+and a copy of this file (with `tokenizer_reference.py` beside it, for text)
+runs anywhere those two packages install.
 
 Exit status: 0 every file passes; 1 a golden vector does not reproduce (the
 report says which file, example and output, by how much); 2 the bundle is
@@ -364,6 +370,64 @@ def verify_file(bundle_dir: Path, fname: str, contract: dict, golden: dict,
     return mismatches, {"examples": n, "max_abs_diff": worst, "atol": atol, "rtol": rtol}
 
 
+def _reference_tokenizer():
+    try:
+        from pipelines.tokenizer_reference import SUPPORTED, ReferenceTokenizer, read_vocabulary
+    except ImportError:  # this file copied alone with tokenizer_reference.py beside it
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from tokenizer_reference import SUPPORTED, ReferenceTokenizer, read_vocabulary
+    return SUPPORTED, ReferenceTokenizer, read_vocabulary
+
+
+def verify_tokenizer(bundle_dir: Path, contract: dict, golden: dict) -> tuple[list[str], str]:
+    """Golden strings -> the reference tokenizer -> must equal the golden token ids.
+
+    Returns:
+        `(mismatches, summary line)`; no mismatches and an empty line for bundles
+        without a tokenizer.
+
+    Raises:
+        MalformedBundleError: the tokenizer block, its files or golden.text are unusable.
+    """
+    spec = (contract.get("preprocessing") or {}).get("tokenizer")
+    if spec is None:
+        return [], ""
+    where = f"{CONTRACT} preprocessing.tokenizer"
+    kind = _require(spec, "kind", where, str)
+    for key in ("sequence_length", "pad_id"):
+        _require(spec, key, where, int)
+    _require(spec, "normalization", where, list)
+    for fname, digest in (spec.get("file_sha256") or {}).items():
+        path = bundle_dir / fname
+        if Path(fname).name != fname or not path.is_file():
+            raise MalformedBundleError(f"{where}: file {fname!r} is not in the bundle.")
+        if _sha256(path.read_bytes()) != digest:
+            raise MalformedBundleError(f"{path}: sha256 differs from the contract's.")
+    text = _require(golden, "text", GOLDEN, dict)
+    strings = _require(text, "strings", f"{GOLDEN} text", list)
+    ids = _array(golden["inputs"][0], f"{GOLDEN} inputs[0]")
+    if len(strings) != len(ids) or not all(isinstance(t, str) for t in strings):
+        raise MalformedBundleError(f"{GOLDEN}: text.strings needs one string per golden input "
+                                   f"({len(strings)} strings, {len(ids)} inputs).")
+    supported, reference, read_vocabulary = _reference_tokenizer()
+    if kind not in supported:
+        return [], (f"tokenizer {kind}: strings not replayed (the reference tokenizer "
+                    f"implements {', '.join(supported)}); ids -> outputs checked")
+    vocab = []
+    if spec.get("vocabulary_file"):
+        vocab = read_vocabulary(bundle_dir / _require(spec, "vocabulary_file", where, str))
+    tok = reference(spec, vocab)
+    mismatches = []
+    for i, s in enumerate(strings):
+        got = tok.encode(s)
+        want = [int(v) for v in ids[i]]
+        if got != want:
+            j = next(k for k, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+            mismatches.append(f"text {i} {s[:40]!r}: the reference tokenizer gives id {got[j]} "
+                              f"at position {j}, golden.json has {want[j]}")
+    return mismatches, f"tokenizer {kind}: {len(strings)} golden strings"
+
+
 def verify_bundle(bundle_dir: str | Path, num_threads: int = 1) -> tuple[int, list[str]]:
     """Checks every model file in a bundle.
 
@@ -376,6 +440,16 @@ def verify_bundle(bundle_dir: str | Path, num_threads: int = 1) -> tuple[int, li
     except MalformedBundleError as e:
         return EXIT_MALFORMED, [f"MALFORMED {e}"]
     code, lines = EXIT_OK, []
+    try:
+        mismatches, head = verify_tokenizer(bundle_dir, contract, golden)
+    except MalformedBundleError as e:
+        return EXIT_MALFORMED, [f"MALFORMED {e}"]
+    if mismatches:
+        code = EXIT_MISMATCH
+        lines.append(f"FAIL {head}")
+        lines.extend(f"    {m}" for m in mismatches)
+    elif head:
+        lines.append(f"PASS {head}")
     for fname in contract["files"]:
         try:
             mismatches, s = verify_file(bundle_dir, fname, contract, golden, num_threads)

@@ -29,6 +29,18 @@ WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_BYTES_PER_WORD = 100  # KerasHub's FastWordpieceTokenizer: longer words -> unknown token
 
 
+# Golden strings every text bundle carries besides real examples: accents, CJK, emoji
+# (with ZWJ and variation selectors), punctuation runs, a word over the 100-byte WordPiece
+# limit, the empty string, control and format characters, and (with a short
+# sequence_length) text longer than the model takes.
+HARD_STRINGS = [
+    "", "Crème brûlée, naïve café — déjà vu!", "東京の天気は晴れ。你好，世界！",
+    "I ❤️ it 😀👍🏽 👨‍👩‍👧", "wow?!?!... ---- ((()))", "x" * 120,
+    "İstanbul STRASSE straße ﬁne Ｆｕｌｌ", "tab\there\nnew line zero\u200bwidth soft\u00adhyphen",
+    " ".join(["the food was not good but the service was great"] * 12),
+]
+
+
 class TextTokenizer:
     """A KerasHub tokenizer plus packing: `[start] + ids[:room] + [end] + padding`.
 

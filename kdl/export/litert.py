@@ -39,9 +39,10 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 class LiteRTRunner:
     """Float in, float out over a `.tflite` with one input and one output.
 
-    Integer input/output tensors (full-int8 models) are quantized and
+    Quantized integer input/output tensors (full-int8 models) are quantized and
     dequantized with the tensor's own scale and zero point, so callers always
-    see the float values the Keras model would produce.
+    see the float values the Keras model would produce. An integer input
+    without quantization (token ids) takes the values as they are.
 
     Args:
         path: the `.tflite` file.
@@ -92,10 +93,10 @@ class LiteRTRunner:
             return np.concatenate([self(x[i:i + self._batch])
                                    for i in range(0, len(x), self._batch)])
         dtype = self.input["dtype"]
-        if np.issubdtype(dtype, np.integer):
-            scale, zp = self.input["quantization"]
+        scale, zp = self.input["quantization"]
+        if np.issubdtype(dtype, np.integer) and scale:  # quantized input (full int8)
             x = quantize(x, scale, zp, dtype)
-        y = self.run_raw(x.astype(dtype, copy=False))
+        y = self.run_raw(x.astype(dtype, copy=False))  # token ids: integers as they are
         if np.issubdtype(self.output["dtype"], np.integer):
             scale, zp = self.output["quantization"]
             return dequantize(y, scale, zp)

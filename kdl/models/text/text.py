@@ -9,7 +9,7 @@ exported `.tflite` has a single integer input and builtin ops only.
 import keras
 from keras import ops
 
-from kdl.layers import PaddingMask
+from kdl.layers import MaskedMeanPooling, PaddingMask
 from kdl.models.heads import output_head
 from kdl.registry import MODELS
 
@@ -44,8 +44,7 @@ def bag_of_embeddings(input_shape, num_outputs, *, task="classification", vocab_
     """
     inputs = _token_input(input_shape, vocab_size, "bag_of_embeddings")
     x = keras.layers.Embedding(vocab_size, embed_dim, name="embedding")(inputs)
-    mask = PaddingMask(name="padding_mask")(inputs)
-    x = keras.layers.GlobalAveragePooling1D(name="pool")(x, mask=mask)
+    x = MaskedMeanPooling(name="pool")(x, inputs)
     if hidden:
         x = keras.layers.Dense(hidden, activation="relu", name="hidden")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)

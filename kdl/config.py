@@ -59,6 +59,17 @@ class DataConfig:
     # False: as loaded.
     normalize: Literal[True, False, "standardize", "symmetric"] = True
     batch_size: int = 64
+    # Image files (image_folder, image_csv, shapes; docs/images.md): the model's input size,
+    # colour, resize method and aspect-ratio policy; a tf.data file cache of the decoded
+    # images in the run directory.
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [height, width]
+    color: Literal["rgb", "grayscale"] = "rgb"
+    resize: Literal["bilinear", "nearest"] = "bilinear"
+    fit: Literal["stretch", "crop", "pad"] = "stretch"  # aspect ratio: ignore/crop/pad
+    cache: bool = False
+    # Keras preprocessing layers for the training split, in order:
+    # [{name: RandomFlip, mode: horizontal}, {name: RandomRotation, factor: 0.1}, ...]
+    augment: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +120,28 @@ class TransferConfig:
 
 
 @dataclass
+class DistributionConfig:
+    """Training on several devices or processes (docs/scale.md). JAX: `keras.distribution`;
+    TensorFlow: `tf.distribute` (data parallel only); PyTorch: not supported (Keras has no
+    distribution API for it)."""
+
+    kind: Literal["none", "data_parallel", "model_parallel"] = "none"
+    devices: int | Literal["all"] = "all"  # devices of this process to use (all processes')
+    # model_parallel: the device mesh, axis name -> size in order; the first axis takes the
+    # batch (e.g. {batch: 1, model: 2}). data_parallel: optional, one axis.
+    mesh: dict[str, int] = field(default_factory=dict)
+    # model_parallel: variable path regex (re.search, e.g. "dense.*kernel") -> one mesh axis
+    # or null per dimension of the variable; variables matching none are replicated.
+    layout: dict[str, list[str | None]] = field(default_factory=dict)
+    # Several processes (multi-host): process 0's "host:port", the process count and this
+    # process's id. Unset: $KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID,
+    # $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID, SLURM's, $TF_CONFIG.
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
@@ -135,6 +168,7 @@ class TrainConfig:
     # [{match: "^conv_", lr_scale: 0.1}, {match: "^head/", lr_scale: 1.0}].
     param_groups: list[ParamGroupConfig] = field(default_factory=list)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
 
 
 @dataclass
@@ -149,6 +183,9 @@ class ExportConfig:
     # tflite_* format), how many golden examples (from the test split) it carries.
     bundle: list[str] | None = None
     golden_examples: int = 8
+    # tflite_int8's input: int8 (quantized float input) or uint8 (raw camera pixels, scale 1,
+    # zero point 0: the model must take unnormalized pixels, data.normalize=false).
+    input_dtype: Literal["int8", "uint8"] = "int8"
 
 
 @dataclass
@@ -447,6 +484,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.train.checkpoint_every_steps is not None and not cfg.train.checkpoint:
         raise ConfigError("train.checkpoint_every_steps needs train.checkpoint=true")
     _check_param_groups(cfg.train.param_groups, "train.param_groups")
+    _check_distribution(cfg)
     t = cfg.train.transfer
     for i, phase in enumerate(t.phases):
         key = f"train.transfer.phases[{i}]"
@@ -481,6 +519,11 @@ def validate(cfg: ExperimentConfig) -> None:
             tflite = [f for f in cfg.export.formats if f.startswith("tflite")]
             raise ConfigError(f"export.bundle[{i}]: {fmt!r} is not an exported .tflite format; "
                               f"choose from export.formats: {', '.join(tflite) or 'none'}")
+    if cfg.export.input_dtype == "uint8" and (
+            "tflite_int8" not in cfg.export.formats or cfg.data.normalize):
+        raise ConfigError("export.input_dtype=uint8 feeds raw pixels to tflite_int8: it needs "
+                          "tflite_int8 in export.formats and data.normalize=false (got "
+                          f"formats {cfg.export.formats}, normalize {cfg.data.normalize})")
     if cfg.export.golden_examples < 1:
         raise ConfigError(f"export.golden_examples must be >= 1 (got {cfg.export.golden_examples})")
     b = cfg.bench
@@ -502,6 +545,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.name == "csv":
         _check_csv(d.path, d.target)
     _check_dataset(cfg)
+    _check_images(cfg)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {cfg.train.epochs})")
     if cfg.train.learning_rate <= 0:
@@ -562,6 +606,19 @@ def validate_compression(cfg: ExperimentConfig) -> None:
         raise ConfigError("stages: quantize after prune (QAT keeps the pruning masks)")
 
 
+def _check_distribution(cfg: ExperimentConfig) -> None:
+    """`train.distribution`: what the backend supports, a consistent mesh and layout."""
+    from kdl.backend.distribution import check_config
+
+    message = check_config(cfg.train.distribution, cfg.data.batch_size)
+    if message:
+        raise ConfigError(message)
+    d = cfg.train.distribution
+    if d.kind != "none" and cfg.train.transfer.phases:
+        raise ConfigError("train.distribution covers one fit: train.transfer.phases are not "
+                          "distributed; set train.distribution.kind=none or drop the phases")
+
+
 def _check_dataset(cfg: ExperimentConfig) -> None:
     """`data.params` are arguments of the dataset; several-input datasets train only."""
     import inspect
@@ -570,8 +627,10 @@ def _check_dataset(cfg: ExperimentConfig) -> None:
 
     d = cfg.data
     entry = DATASETS.get(d.name)
+    from kdl.data.sources import IMAGE_OPTIONS
+
     accepted = [p for p in inspect.signature(entry.obj).parameters
-                if p not in ("path", "target", "task")]
+                if p not in ("path", "target", "task", *IMAGE_OPTIONS)]
     for key in d.params:
         if key not in accepted:
             raise ConfigError(f"data.params: dataset {d.name!r} has no argument {key!r}."
@@ -591,6 +650,53 @@ def _check_dataset(cfg: ExperimentConfig) -> None:
         if cfg.train.checkpoint:
             raise ConfigError(f"train.checkpoint: resumable checkpoints take one input array; "
                               f"dataset {d.name!r} feeds {inputs}: set train.checkpoint=false")
+
+
+def _check_images(cfg: ExperimentConfig) -> None:
+    """Image size, augmentation layers and a model that takes raw pixels."""
+    from kdl.data import DataError
+    from kdl.data.augment import check_augment
+    from kdl.registry import DATASETS, MODELS
+
+    d = cfg.data
+    if len(d.image_size) != 2 or min(d.image_size) < 1:
+        raise ConfigError(f"data.image_size must be [height, width] >= 1 (got {d.image_size})")
+    try:
+        check_augment(d.augment)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    files = DATASETS.get(d.name).meta.get("files", False)
+    if d.cache and not files:
+        raise ConfigError(f"data.cache caches decoded image files; dataset {d.name!r} is "
+                          "in memory already: drop data.cache")
+    if files and cfg.train.checkpoint:
+        raise ConfigError("train.checkpoint: resumable checkpoints take in-memory arrays, not "
+                          f"streamed image files ({d.name!r}): set train.checkpoint=false")
+    if d.augment and cfg.train.checkpoint:
+        raise ConfigError("train.checkpoint: resumable checkpoints do not run data.augment: "
+                          "set train.checkpoint=false or drop the augmentation")
+    if files:  # the folder's layout and every file, checked now (the scan is reused)
+        from kdl.data.sources import IMAGE_OPTIONS
+
+        options = {k: getattr(d, k) for k in IMAGE_OPTIONS}
+        try:
+            DATASETS.build(d.name, **({"path": d.path} if d.path else {}), **options,
+                           **d.params)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+    weights = cfg.model.params.get("weights")
+    if MODELS.get(cfg.model.name).meta.get("raw_pixels") and weights not in (
+            None, "none", "imagenet") and not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"model.params.weights: {weights!r} is not a file; use none (random "
+                          "init), imagenet (downloads) or a local weights file")
+    if MODELS.get(cfg.model.name).meta.get("raw_pixels") and d.normalize:
+        raise ConfigError(f"model {cfg.model.name!r} takes raw pixels in [0, 255] and rescales "
+                          "inside: set data.normalize=false")
+    if MODELS.get(cfg.model.name).meta.get("raw_pixels") and "quantize" in cfg.stages \
+            and cfg.quantize.qat:
+        raise ConfigError(f"model {cfg.model.name!r} has depthwise convolutions, which native "
+                          "QAT does not fake-quantize: set quantize.qat=false (post-training "
+                          "int8)")
 
 
 def _check_csv(path: str, target: str | None) -> None:

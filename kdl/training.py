@@ -16,11 +16,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdl.backend import resolve_precision
+from kdl.backend import distribution, resolve_precision
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
 from kdl.data import DataSplits, Split, make_tf_dataset, model_input
+from kdl.data.augment import one_hot_targets
 from kdl.optimizers import GroupedOptimizer
 from kdl.schedules import build_schedule
 
@@ -64,17 +65,22 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
         opt = keras.optimizers.RMSprop(lr, **clip)
     if cfg.param_groups:  # discriminative rates: one copy of the optimizer per group
         opt = GroupedOptimizer(opt, [dataclasses.asdict(g) for g in cfg.param_groups])
+    elif distribution.active() is not None:
+        distribution.clip_after_all_reduce(opt)
     return opt
 
 
-def loss_and_metrics(task: str) -> tuple[str, list[str]]:
+def loss_and_metrics(task: str, soft_labels: bool = False) -> tuple[str, list[str]]:
+    """Soft labels: one-hot or mixed targets (CutMix/MixUp augmentation)."""
     if task == "classification":
-        return "sparse_categorical_crossentropy", ["accuracy"]
+        return ("categorical_crossentropy" if soft_labels
+                else "sparse_categorical_crossentropy"), ["accuracy"]
     return "mse", ["mae"]
 
 
-def compile_for(model: keras.Model, task: str, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    loss, metrics = loss_and_metrics(task)
+def compile_for(model: keras.Model, task: str, cfg: TrainConfig, steps_per_epoch: int,
+                soft_labels: bool = False) -> None:
+    loss, metrics = loss_and_metrics(task, soft_labels)
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
 
 
@@ -90,6 +96,23 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def soft_labels(splits: DataSplits) -> bool:
+    """True when the training targets are one-hot/mixed (CutMix or MixUp augmentation)."""
+    return bool(splits.augment is not None and splits.augment.soft_labels)
+
+
+def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder: bool = False):
+    """The training dataset (shuffled, augmented) and the validation one (or None); with
+    soft labels the validation targets are one-hot too, for the same loss."""
+    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=seed,
+                               drop_remainder=drop_remainder, augment=splits.augment)
+    val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop_remainder)
+              if len(splits.val) >= (batch_size if drop_remainder else 1) else None)
+    if val_ds is not None and soft_labels(splits):
+        val_ds = one_hot_targets(val_ds, len(splits.label_names))
+    return train_ds, val_ds
+
+
 def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: int,
         callbacks: list[keras.callbacks.Callback] = (), checkpoint_dir=None) -> TrainResult:
     """Train a compiled model on `splits.train`, validating on `splits.val`.
@@ -100,8 +123,12 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     continues from its latest checkpoint; the trained model, a new object when
     resumed, is `TrainResult.extra["model"]`.
     """
-    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
-    val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
+    dist = distribution.active()
+    drop = dist is not None and dist.drop_remainder  # JAX: every batch splits evenly
+    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed, drop)
+    if dist is not None:
+        head = splits.train.head(batch_size)
+        distribution.keep_epoch_order(model, (model_input(head.x), head.y))
     guard = TerminateOnNonFinite()
     cbs: list[keras.callbacks.Callback] = [guard]
     stopper = None
@@ -155,10 +182,9 @@ def fit_phases(model: keras.Model, backbone: keras.Model, splits: DataSplits, cf
     phases = [Phase(p.epochs, p.learning_rate, p.top_n, list(p.names),
                     [dataclasses.asdict(g) for g in p.param_groups])
               for p in cfg.transfer.phases]
-    train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=cfg.seed)
-    val_ds = make_tf_dataset(splits.val, batch_size) if len(splits.val) else None
+    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed)
     guard = TerminateOnNonFinite()
-    loss, metrics = loss_and_metrics(splits.task)
+    loss, metrics = loss_and_metrics(splits.task, soft_labels(splits))
     report = fine_tune(model, backbone, phases, train_ds, loss=loss, metrics=metrics,
                        optimizer=optimizer, validation_data=val_ds,
                        callbacks=[guard, *callbacks], verbose=cfg.verbose)

@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                             "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
     verify.add_argument("bundle_dir", type=Path)
     verify.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
+    sub.add_parser("predict", add_help=False,
+                   help="top-k predictions of a bundle on your inputs (image files or folders; "
+                   "numpy + ai-edge-litert + Pillow only): predict <bundle or run dir> "
+                   "<inputs...> [--top-k K] [--json]")
     sub.add_parser("config", help="print the default config as YAML")
     cart = sub.add_parser("cartpole", help="train a DQN on CartPole and evaluate it over 100 "
                           "episodes (bar: mean return >= 195; exit 1 below it)")
@@ -153,6 +157,11 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:  # its own parser, before any kdl import (no Keras, no TF)
+        from pipelines.predict import main as predict_main
+
+        return predict_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
         from pipelines.verify_bundle import main as verify_main

@@ -67,8 +67,12 @@ def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
     norm = splits.normalizer
     if text is not None:
         raw, norm, reference, n = text["ids"], None, text["reference"], len(text["ids"])
+        image, golden_images = None, ()
     else:
         raw = (splits.test.x[:n] * norm.std + norm.mean).astype("float32")  # as the app gets it
+        image, golden_images = image_preprocessing(cfg, splits, n)
+        if image is not None:
+            raw = np.round(raw)  # 8-bit pixel values at the model's size
     unverified = run_dir / ".bundle.unverified"
     write_bundle(
         unverified, {f: export_dir / report["formats"][f]["file"] for f in formats}, raw,
@@ -79,6 +83,7 @@ def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
         tokenizer=splits.info["tokenizer"] if text else None,
         metadata={"mlflow_run_id": tracker.parent_id, "experiment": tracker.experiment,
                   "data_fingerprint": splits.fingerprint},
+        image=image, golden_images=golden_images,
     )
     code, lines = verify_bundle(unverified)
     if code != 0:
@@ -89,6 +94,27 @@ def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
     replace_dir(unverified, bundle_dir)
     print("verify-bundle: " + "; ".join(lines))
     return {"bundle_dir": bundle_dir, "bundle_files": len(formats), "golden_examples": n}
+
+
+GOLDEN_IMAGE_MAX_VALUES = 1_000_000  # decoded golden images larger than this stay out
+
+
+def image_preprocessing(cfg, splits, n: int):
+    """Image datasets: the contract's `preprocessing.image` block and the decoded pixels of
+    the first `n` test images (None, () for other data)."""
+    if "preprocessing" not in splits.info or not hasattr(splits.test, "paths"):
+        return None, ()
+    from kdl.data.images import raw_pixels
+    from kdl.models.mobile import INPUT_RANGE
+
+    image = {**splits.info["preprocessing"], "model_input": INPUT_RANGE.get(
+        cfg.model.name, "float32 pixels in [0, 255], then preprocessing.normalization")}
+    pixels = [raw_pixels(p, splits.test.spec) for p in splits.test.paths[:n]]
+    if sum(p.size for p in pixels) > GOLDEN_IMAGE_MAX_VALUES:
+        print(f"bundle: the {n} decoded golden images hold over {GOLDEN_IMAGE_MAX_VALUES} "
+              "values; golden.json carries the resized pixels only")
+        pixels = []
+    return image, pixels
 
 
 def register_candidate(tracker, cfg, run_dir: Path, bundle_dir: Path,

@@ -53,3 +53,23 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
     fig.tight_layout()
     save_figure(fig, path)
     return counts
+
+
+def image_batch(ds, path: Path, title: str, max_images: int = 32) -> None:
+    """The first batch of an `(x, y)` image dataset as a PNG grid (each image min-max
+    scaled for display, so normalized inputs show too)."""
+    x, _ = next(iter(ds.take(1).as_numpy_iterator()))
+    plt = _pyplot()
+    x = np.asarray(x[:max_images], "float32")
+    cols = min(8, len(x))
+    rows = -(-len(x) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img in zip(axes.ravel(), x, strict=False):
+        lo, hi = float(img.min()), float(img.max())
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -4,14 +4,23 @@ One parent run per pipeline invocation, one nested run per stage. Every call
 goes through `Tracker._safe`: the first MLflow error (server gone, disk full,
 bad response) prints one warning and turns tracking off for the rest of the
 invocation, while training and the artifacts on disk carry on.
+
+Metrics are logged off the training loop: `log_metrics` puts a batch on a
+bounded queue that one background thread sends to MLflow (coalesced into as
+few `log_batch` calls as it can). The queue is flushed when a stage's run
+ends, when the parent run ends, and on failure (`end("FAILED")`); an error in
+the thread is reported by the main thread (the same one warning) at its next
+tracking call, so the failure policy is the same as for synchronous calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,6 +38,8 @@ from kdl.config import TrackingConfig  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAM_LEN = 6000
+MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
+QUEUE_SIZE = 10_000  # metric batches waiting; a full queue makes log_metrics wait
 
 
 def default_uri() -> str:
@@ -64,10 +75,13 @@ class Tracker:
     Args:
         cfg: the tracking section of the config.
         experiment: the MLflow experiment name.
+        synchronous: log metrics in the calling thread (the benchmark's baseline);
+            by default a background thread sends them.
     """
 
-    def __init__(self, cfg: TrackingConfig, experiment: str):
+    def __init__(self, cfg: TrackingConfig, experiment: str, synchronous: bool = False):
         self.cfg = cfg
+        self.synchronous = synchronous
         self.enabled = cfg.enabled
         self.uri = cfg.uri or default_uri()
         self.experiment = cfg.experiment or experiment
@@ -76,20 +90,63 @@ class Tracker:
         self.error: str | None = None
         self._client = None
         self._experiment_id = None
+        self._queue: queue.Queue | None = None  # metric batches for the background thread
+        self._thread_error: str | None = None  # its first error, reported by _check_thread
 
     # -- failure policy ---------------------------------------------------------------
 
+    def _disable(self, error: str) -> None:
+        self.enabled = False
+        self.error = error
+        warnings.warn(f"MLflow tracking disabled for the rest of this run ({error}). "
+                      "Training continues; artifacts on disk are complete.", stacklevel=3)
+
     def _safe(self, what: str, fn: Callable, *args, **kwargs) -> Any:
+        self._check_thread()
         if not self.enabled:
             return None
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # any MLflow/network/storage error: warn once, stop tracking
-            self.enabled = False
-            self.error = f"{what}: {type(e).__name__}: {str(e)[:300]}"
-            warnings.warn(f"MLflow tracking disabled for the rest of this run ({self.error}). "
-                          "Training continues; artifacts on disk are complete.", stacklevel=2)
+            self._disable(f"{what}: {type(e).__name__}: {str(e)[:300]}")
             return None
+
+    # -- background metric logging ----------------------------------------------------
+
+    def _check_thread(self) -> None:
+        """Report the background thread's error, from the caller's thread."""
+        if self._thread_error is not None and self.enabled:
+            self._disable(self._thread_error)
+
+    def _send_queued(self) -> None:
+        """The background thread: send queued batches, coalesced per run, until its end."""
+        q = self._queue
+        while True:
+            batches = [q.get()]
+            while True:  # everything already waiting goes out in as few calls as possible
+                try:
+                    batches.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            by_run: dict[str, list] = {}
+            for run_id, items in batches:
+                by_run.setdefault(run_id, []).extend(items)
+            try:
+                for run_id, items in by_run.items():
+                    for i in range(0, len(items), MAX_BATCH_METRICS):
+                        if self.enabled and self._thread_error is None:
+                            self.client.log_batch(run_id, metrics=items[i:i + MAX_BATCH_METRICS])
+            except Exception as e:  # the caller's thread warns and stops tracking
+                self._thread_error = f"log metrics: {type(e).__name__}: {str(e)[:300]}"
+            finally:
+                for _ in batches:
+                    q.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued metric is sent (or tracking has failed)."""
+        if self._queue is not None:
+            self._queue.join()
+        self._check_thread()
 
     @property
     def client(self):
@@ -142,16 +199,20 @@ class Tracker:
         try:
             yield
         except BaseException:
+            self.flush()
             if stage_id:
                 self._safe("end stage run", self.client.set_terminated, stage_id, "FAILED")
             raise
         else:
+            self.flush()
             if stage_id:
                 self._safe("end stage run", self.client.set_terminated, stage_id, "FINISHED")
         finally:
             self.run_id = parent
 
     def end(self, status: str = "FINISHED") -> None:
+        """Flush the queued metrics and mark the parent run `status`."""
+        self.flush()
         if self.parent_id:
             self._safe("end run", self.client.set_terminated, self.parent_id, status)
 
@@ -168,14 +229,25 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None,
                     run_id: str | None = None) -> None:
+        """Queue `metrics` for the background thread (see the module docstring)."""
         from mlflow.entities import Metric
 
+        self._check_thread()
         run_id = run_id or self.run_id
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
                  if isinstance(v, int | float) and not isinstance(v, bool)]
-        if run_id and items:
+        if not (run_id and items and self.enabled):
+            return
+        if self.synchronous:
             self._safe("log metrics", self.client.log_batch, run_id, metrics=items)
+            return
+        if self._queue is None:
+            self.client  # noqa: B018 -- made here, not in two threads at once
+            self._queue = queue.Queue(QUEUE_SIZE)
+            threading.Thread(target=self._send_queued, name="kdl-mlflow-metrics",
+                             daemon=True).start()
+        self._queue.put((run_id, items))
 
     def set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
         run_id = run_id or self.run_id

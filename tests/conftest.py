@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pipelines  # noqa: E402, F401  (JAX's compilation cache under .cache/jax, before JAX loads)
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

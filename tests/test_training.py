@@ -94,6 +94,45 @@ def test_non_finite_loss_stops_training_with_a_diagnosis():
     assert "learning rate" in d["message"] and f"epoch {d['epoch']}" in d["message"]
 
 
+def test_nan_guard_keeps_the_training_loop_asynchronous():
+    """Keras runs an async_safe guard's batch hook off the loop (JAX, PyTorch): no host
+    read of the loss per step. TensorFlow's CallbackList never dispatches asynchronously."""
+    from kdl.callbacks import TerminateOnNonFinite
+
+    callbacks = keras.callbacks.CallbackList([TerminateOnNonFinite()])
+    assert callbacks._async_train == (keras.backend.backend() != "tensorflow")
+
+    class Blocking(keras.callbacks.Callback):  # the oracle: a plain batch hook is synchronous
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    assert not keras.callbacks.CallbackList([TerminateOnNonFinite(), Blocking()])._async_train
+
+
+def test_nan_guard_diagnoses_the_first_bad_step_from_hooks_out_of_order():
+    from kdl.callbacks import TerminateOnNonFinite
+
+    model = build_model("mlp", (4,), 1, task="regression", preset="tiny")
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    guard = TerminateOnNonFinite()
+    guard.set_model(model)
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(0, {"loss": 4.0})
+    guard.on_epoch_begin(1)  # epoch 2: its hooks arrive late and out of order
+    for step, loss in [(5, math.nan), (1, 3.0), (3, math.inf), (0, 3.5), (2, 2.5), (4, math.nan)]:
+        guard.on_train_batch_end(step, {"loss": loss})
+    d = guard.diagnosis
+    assert (d["epoch"], d["step"], d["loss"]) == (2, 4, math.inf)
+    assert d["last_finite_loss"] == 2.5 and d["learning_rate"] == pytest.approx(0.5)
+    assert model.stop_training
+    with pytest.raises(RuntimeError, match="at epoch 2, step 4 .last finite loss 2.5"):
+        guard.raise_if_failed()
+    healthy = TerminateOnNonFinite()
+    healthy.set_model(model)
+    healthy.on_train_batch_end(0, {"loss": 1.0})
+    assert healthy.diagnosis is None
+
+
 def test_score_matches_numpy_definitions():
     y = np.array([0, 1, 2, 1])
     p = np.array([[.8, .1, .1], [.2, .7, .1], [.5, .3, .2], [.1, .8, .1]], "float32")

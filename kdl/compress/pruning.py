@@ -300,7 +300,8 @@ class PruningCallback(keras.callbacks.Callback):
 
 
 def recalibrate_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
-    """Re-estimate every BatchNormalization's moving statistics on `x`.
+    """Re-estimate every BatchNormalization's moving statistics on `x` (an array, or an
+    iterable of input batches such as a `tf.data` dataset of streamed images).
 
     Pruning (and QAT) change the activations feeding batch norm faster than its
     moving averages follow in a short fine-tune; stale statistics then cost
@@ -314,10 +315,12 @@ def recalibrate_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
         return 0
     saved = [bn.momentum for bn in bns]
     try:
-        for i, start in enumerate(range(0, len(x), batch_size)):
+        batches = ((x[s:s + batch_size] for s in range(0, len(x), batch_size))
+                   if hasattr(x, "shape") else x)
+        for i, batch in enumerate(batches):
             for bn in bns:
                 bn.momentum = i / (i + 1)  # running average of the batch statistics
-            model(ops.convert_to_tensor(x[start:start + batch_size]), training=True)
+            model(ops.convert_to_tensor(batch), training=True)
     finally:
         for bn, m in zip(bns, saved, strict=True):
             bn.momentum = m

@@ -286,6 +286,12 @@ QUANT_LAYERS = {keras.layers.Dense: QuantDense, keras.layers.Conv1D: QuantConv1D
                 keras.layers.Conv2D: QuantConv2D, keras.layers.Conv3D: QuantConv3D}
 
 
+# Weight layers native QAT does not fake-quantize: refused by name (no silent float kernels
+# in a model said to be trained for int8). Post-training int8 converts them.
+NOT_COVERED = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+               keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+
+
 def _activation_name(layer) -> str | None:
     act = getattr(layer, "activation", None)
     return getattr(act, "__name__", None) if act is not None else None
@@ -332,6 +338,14 @@ def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
     if not isinstance(model, Functional):  # Sequential models are Functional too
         raise ValueError(f"quantize_aware needs a Functional or Sequential model; "
                          f"{model.name!r} is a subclassed {type(model).__name__}")
+    refused = [la.name for la in model.layers if isinstance(la, NOT_COVERED)]
+    if refused:
+        raise ValueError(
+            f"native QAT does not cover {len(refused)} depthwise/separable convolution layer(s) "
+            f"of {model.name!r} ({', '.join(refused[:4])}{', ...' if len(refused) > 4 else ''}):"
+            " their kernels would stay float while the rest trains for int8. Use post-training "
+            "int8 for this model (quantize.qat=false); MobileNet/EfficientNet blocks convert "
+            "fine that way")
     consumers = _consumers(model)
     input_consumers = {la.name for name, cs in consumers.items()
                        if isinstance(model.get_layer(name), keras.layers.InputLayer)

@@ -22,6 +22,7 @@ from kdl.data.core import (
     make_tf_dataset,
     model_input,
     num_examples,
+    sample,
     take,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "make_tf_dataset",
     "model_input",
     "num_examples",
+    "sample",
     "take",
 ]

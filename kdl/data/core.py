@@ -93,6 +93,11 @@ def take(x, idx):
     return tuple(a[idx] for a in x) if is_multi_input(x) else x[idx]
 
 
+def sample(split, idx):
+    """`split.x[idx]`: decodes only those files for a split of image files."""
+    return split.subset(idx).x if hasattr(split, "subset") else take(split.x, idx)
+
+
 @dataclass
 class Normalizer:
     """`(x - mean) / std`, per feature (tables) or per channel (images).
@@ -151,6 +156,10 @@ class Split:
     def __len__(self) -> int:
         return num_examples(self.x)
 
+    def head(self, n: int) -> Split:
+        """The first `n` examples, in memory."""
+        return Split(take(self.x, slice(0, n)), self.y[:n])
+
 
 @dataclass
 class DataSplits:
@@ -164,6 +173,10 @@ class DataSplits:
     normalizer: Normalizer
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
+    # Streamed files: what was read and skipped (`data_report.json`); None for arrays.
+    files_report: dict[str, Any] | None = None
+    # The training split's augmentation, `(x, y) -> (x, y)` on batches in tf.data.
+    augment: Any = None
 
     @property
     def input_shape(self) -> tuple:
@@ -210,7 +223,7 @@ def _draw_splits(raw: RawData, val_fraction: float, test_fraction: float, seed: 
     return train, val, test
 
 
-def _normalizer(normalize: bool | str, x: np.ndarray) -> Normalizer:
+def fit_normalizer(normalize: bool | str, x: np.ndarray) -> Normalizer:
     if normalize is True or normalize == "standardize":
         return Normalizer.fit(x)
     if normalize == "symmetric":
@@ -228,6 +241,8 @@ def load_splits(
     test_fraction: float = 0.15,
     seed: int = 0,
     normalize: bool | str = True,
+    cache_dir: str | None = None,
+    augment: list[dict[str, Any]] | None = None,
     tokenizer: dict[str, Any] | None = None,
     **options: Any,
 ) -> DataSplits:
@@ -246,9 +261,19 @@ def load_splits(
             training split only, applied to every split in tf.data. The splits'
             `x` are int32 token ids, `text` the raw strings; `info["tokenizer"]`
             is the tokenizer's spec (what the app must reproduce).
+        cache_dir: streamed image datasets: where `tf.data` caches decoded images
+            (None: decode every epoch).
+        augment: Keras preprocessing layers by name for the training split,
+            `[{"name": "RandomFlip", "mode": "horizontal"}, ...]` (`kdl.data.augment`).
         **options: passed to the dataset function (e.g. `path`, `target`).
     """
-    raw: RawData = DATASETS.build(name, **options)
+    from kdl.data.augment import build_augment
+
+    raw = DATASETS.build(name, **options)
+    if hasattr(raw, "make_splits"):  # files streamed from disk (kdl.data.images)
+        splits = raw.make_splits(val_fraction, test_fraction, seed, normalize, cache_dir)
+        splits.augment = build_augment(augment or [], len(splits.label_names), seed)
+        return splits
     tr, va, te = _draw_splits(raw, val_fraction, test_fraction, seed)
     if is_text(raw.x):
         from kdl.data.tokenizers import fit_tokenizer, tokenize, tokenizer_spec
@@ -271,28 +296,44 @@ def load_splits(
         split = lambda idx: Split(take(raw.x, idx), raw.y[idx])  # noqa: E731
         arrays = raw.x
     else:
-        norm = _normalizer(normalize, raw.x[tr])
+        norm = fit_normalizer(normalize, raw.x[tr])
         split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
         arrays = (raw.x,)
     return DataSplits(
         train=split(tr), val=split(va), test=split(te),
         task=raw.task, label_names=list(raw.label_names), normalizer=norm,
         fingerprint=fingerprint(*arrays, raw.y, tr, va, te), info=dict(raw.info),
+        augment=build_augment(augment or [], len(raw.label_names), seed),
     )
 
 
 def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                    targets: bool = True):
+                    targets: bool = True, drop_remainder: bool = False, augment=None):
     """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
 
     Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
-    Several inputs come as a tuple `((x0, x1, ...), y)`.
+    Several inputs come as a tuple `((x0, x1, ...), y)`. Under several
+    processes each takes its part of every batch (`AutoShardPolicy.DATA`: the
+    arrays are in memory, there are no files to split). A split of files
+    (`kdl.data.images.ImageSplit`) streams them. `augment(x, y) -> (x, y)` runs
+    on each batch (the training split's augmentation).
     """
     import tensorflow as tf
+
+    if hasattr(split, "dataset"):
+        return split.dataset(batch_size, shuffle=shuffle, seed=seed, targets=targets,
+                             drop_remainder=drop_remainder, augment=augment)
 
     x = tuple(split.x) if is_multi_input(split.x) else split.x
     ds = tf.data.Dataset.from_tensor_slices((x, split.y) if targets else x)
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).with_options(options)
+    if augment is not None:
+        if not targets or is_multi_input(split.x):
+            raise DataError("augmentation needs one image input with targets")
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

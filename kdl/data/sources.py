@@ -141,3 +141,106 @@ def csv_table(path: str | None = None, target: str | None = None, task: str = "c
         y = np.array([index[v] for v in raw_y], "int32")
         return RawData(x, y, task, list(names))
     return RawData(x, np.array(raw_y, "float32"), task)
+
+
+# ----------------------------------------------------------------------------- images
+
+IMAGE_OPTIONS = ("image_size", "color", "resize", "fit")  # data.* keys of image datasets
+
+
+def _spec(image_size, color, resize, fit):
+    from kdl.data.images import ImageSpec
+
+    return ImageSpec(tuple(image_size), color, resize, fit)
+
+
+@DATASETS.register("image_folder", task="classification", input="image files", files=True)
+def image_folder(path: str | None = None, image_size=(64, 64), color: str = "rgb",
+                 resize: str = "bilinear", fit: str = "stretch"):
+    """Your photos: `path/<class>/*` (or `path/{train,val,test}/<class>/*`), streamed.
+
+    Without `path`, the generated `shapes` set (written once to Keras's dataset cache).
+    """
+    from kdl.data.images import image_folder_files
+    from kdl.data.shapes import write_shapes
+
+    if path is None:
+        path = str(write_shapes())
+    return image_folder_files(path, _spec(image_size, color, resize, fit))
+
+
+@DATASETS.register("image_csv", task="classification", input="image files", files=True)
+def image_csv(path: str | None = None, image_size=(64, 64), color: str = "rgb",
+              resize: str = "bilinear", fit: str = "stretch"):
+    """A CSV `path,label[,split]` of image files (paths relative to the CSV), streamed."""
+    from kdl.data.images import image_csv_files
+
+    return image_csv_files(path, _spec(image_size, color, resize, fit))
+
+
+@DATASETS.register("shapes", task="classification", input="image files", files=True)
+def shapes(per_class: int = 300, classes: int = 5, seed: int = 0, image_size=(64, 64),
+           color: str = "rgb", resize: str = "bilinear", fit: str = "stretch"):
+    """Generated shapes on photo textures, written as PNG/JPEG class folders, streamed."""
+    from kdl.data.images import image_folder_files
+    from kdl.data.shapes import write_shapes
+
+    try:
+        folder = write_shapes(per_class=per_class, image_size=max(image_size), classes=classes,
+                              seed=seed)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return image_folder_files(str(folder), _spec(image_size, color, resize, fit))
+
+
+# ----------------------------------------------------------------------------- keras.datasets
+
+# name -> (module, file(s) the loader reads under $KERAS_HOME/datasets, label names)
+KERAS_DATASETS = {
+    "mnist": ("mnist", "mnist.npz", [str(i) for i in range(10)]),
+    "fashion_mnist": ("fashion_mnist", "fashion-mnist/{train,t10k}-{images,labels}-idx*.gz",
+                      ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                       "Sneaker", "Bag", "Ankle boot"]),
+    "cifar10": ("cifar10", "cifar-10-batches-py-target_archive (the cifar-10-python.tar.gz)",
+                ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]),
+    "cifar100": ("cifar100", "cifar-100-python-target_archive (the cifar-100-python.tar.gz)",
+                 [str(i) for i in range(100)]),
+}
+
+
+def _keras_dataset(name: str, limit: int | None) -> RawData:
+    import keras
+
+    from kdl.data.shapes import default_root
+
+    module, where, names = KERAS_DATASETS[name]
+    try:
+        (x_tr, y_tr), (x_te, y_te) = getattr(keras.datasets, module).load_data()
+    except Exception as e:  # noqa: BLE001  (offline: URLError, socket errors, HTTP errors)
+        raise DataError(
+            f"keras.datasets.{module} is not in the Keras cache and could not be downloaded "
+            f"({type(e).__name__}); offline, place {where} in {default_root()}") from None
+    if limit is not None:
+        x_tr, y_tr, x_te, y_te = x_tr[:limit], y_tr[:limit], x_te[:limit], y_te[:limit]
+    x = np.concatenate([x_tr, x_te])
+    if x.ndim == 3:
+        x = x[..., None]
+    y = np.concatenate([y_tr, y_te]).reshape(-1)
+    n = len(x_tr)
+    return RawData(x, y, "classification", names,
+                   {"test": np.arange(n, len(x))})  # train and val drawn from its train split
+
+
+def _register_keras_dataset(name: str, shape: str):
+    def load(limit: int | None = None) -> RawData:
+        return _keras_dataset(name, limit)
+
+    load.__doc__ = (f"keras.datasets.{KERAS_DATASETS[name][0]} ({shape}; Keras's loader and "
+                    "cache; `limit`: the first N of each of its splits).")
+    DATASETS.register(name, task="classification", input=f"image {shape}")(load)
+
+
+for _name, _shape in (("mnist", "28x28x1"), ("fashion_mnist", "28x28x1"),
+                      ("cifar10", "32x32x3"), ("cifar100", "32x32x3")):
+    _register_keras_dataset(_name, _shape)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from kdl.export.litert import LiteRTRunner
+from kdl.gates import nonfinite_count
 
 CONTRACT_SCHEMA = "kdl.bundle/1"
 GOLDEN_SCHEMA = "kdl.golden/1"
@@ -51,8 +52,12 @@ DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
 _FALLBACK_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 
 HOW_TO = {
-    "order": "normalize input 0, quantize integer inputs, run at batch 1, dequantize "
-             "integer outputs",
+    "order": "image inputs: decode and resize as preprocessing.image says; normalize input 0, "
+             "quantize integer inputs, run at batch 1, dequantize integer outputs",
+    "image": "decode to 8-bit RGB (or grey: floor(0.299 R + 0.587 G + 0.114 B + 0.5)), fit "
+             "(stretch / centre-crop / pad to the aspect ratio), resize (half-pixel centres, "
+             "no antialiasing), round half to even, clip to [0, 255]; NHWC float32, or the "
+             "pixels as they are for a uint8 input (scale 1, zero point 0)",
     "normalize": "x = (raw - mean) / std over the last axis, in float32 (the input)",
     "quantize": "q = clamp(round_half_away_from_zero(x / scale) + zero_point, dtype min, "
                 "dtype max)",
@@ -205,6 +210,8 @@ def write_bundle(
     reference_outputs: np.ndarray | None = None,
     tolerances: Mapping[str, Mapping[str, float]] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    image: Mapping[str, Any] | None = None,
+    golden_images: Sequence[np.ndarray] = (),
     text: Sequence[str] | None = None,
     tokenizer: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -232,6 +239,11 @@ def write_bundle(
         tokenizer: text models: the tokenizer spec (`kdl.data.tokenizers.tokenizer_spec`);
             its vocabulary (or SentencePiece model) becomes a file of the bundle and
             the rest the contract's `preprocessing.tokenizer` block.
+        image: image models: the decode/resize steps (`ImageSpec.to_dict()` and the
+            model's `model_input` range), the contract's `preprocessing.image`;
+            `golden_inputs` are then the resized pixels.
+        golden_images: the decoded 8-bit pixels `(h, w, c)` each golden input was
+            resized from, so an app's resize port is checked too.
 
     Returns:
         The bundle directory.
@@ -268,6 +280,11 @@ def write_bundle(
     for fmt, path in tflite_files.items():
         path = Path(path)
         content, entries, out = _run_batch1(path, x)
+        bad = nonfinite_count(out)
+        if bad:
+            raise ValueError(f"{path.name} gives {bad} NaN/inf values on the {len(x)} golden "
+                             "inputs: the model is broken, and a bundle ships finite numbers "
+                             "only (see kdl.gates)")
         contents[path.name] = content
         tol = _tolerance(fmt, entries["outputs"], overrides)
         entry: dict[str, Any] = {
@@ -295,7 +312,7 @@ def write_bundle(
                   "task": task, **dict(metadata or {}),
                   "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
         "labels": [str(n) for n in label_names],
-        "preprocessing": {"normalization": norm,
+        "preprocessing": {**({"image": dict(image)} if image else {}), "normalization": norm,
                           **({"tokenizer": tok_block} if tok_block else {})},
         "how_to_run": {**HOW_TO, **({"tokenize": "input 0 = preprocessing.tokenizer applied to "
                                      "the string (its normalization steps in order, then "
@@ -316,6 +333,10 @@ def write_bundle(
     if tok_block:
         golden["text"] = {"stage": "raw strings: text -> tokenizer -> inputs[0] -> outputs",
                           "strings": [str(t) for t in text]}
+    if golden_images:
+        golden["images"] = [{"name": f"image {i}", "stage": "decoded 8-bit pixels, before "
+                             "resize", **_json_array(np.asarray(g))}
+                            for i, g in enumerate(golden_images)]
     if reference_outputs is not None:
         golden["reference"] = {"source": "keras model on the normalized inputs",
                                **_json_array(reference_outputs)}

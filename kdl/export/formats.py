@@ -49,7 +49,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            ("allow_flex_ops",), {"max_abs_diff": 1e-2, **QUANTIZED}),
     Format("tflite_int8", "model_int8.tflite", "litert",
            "TFLite, full integer: int8 weights, activations, input and output",
-           ("allow_flex_ops", "representative", "float_io"), QUANTIZED),
+           ("allow_flex_ops", "representative", "float_io", "input_dtype"), QUANTIZED),
     Format("onnx", "model.onnx", "onnxruntime",
            "ONNX (tf2onnx from the TensorFlow backend), run back in onnxruntime",
            ("opset_version",), FP32),
@@ -215,8 +215,22 @@ def check_representative(model, representative: np.ndarray | None) -> np.ndarray
 
 
 def _tflite_int8(model, path, *, saved_model, representative=None, float_io=False,
-                 allow_flex_ops=False, **_):
+                 allow_flex_ops=False, input_dtype="int8", **_):
+    """`input_dtype="uint8"`: the model takes raw uint8 pixels (scale 1, zero point 0):
+    calibration then includes an all-0 and an all-255 image, so the input's range is
+    exactly [0, 255] whatever the calibration images held."""
+    if input_dtype not in ("int8", "uint8"):
+        raise ExportError(f"tflite_int8 input_dtype must be int8 or uint8, got {input_dtype!r}")
     data = check_representative(model, representative)
+    if input_dtype == "uint8":
+        if float_io:
+            raise ExportError("tflite_int8: input_dtype=uint8 and float_io exclude each other")
+        lo, hi = float(np.min(data)), float(np.max(data))
+        if lo < 0 or hi > 255:
+            raise ExportError(f"tflite_int8 input_dtype=uint8 takes raw pixels in [0, 255], "
+                              f"but the calibration inputs span [{lo:g}, {hi:g}]: the model "
+                              "must take unnormalized pixels (data.normalize=false)")
+        data = np.concatenate([data, np.zeros_like(data[:1]), np.full_like(data[:1], 255.0)])
 
     def setup(c, tf):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -226,7 +240,7 @@ def _tflite_int8(model, path, *, saved_model, representative=None, float_io=Fals
             ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
         c.target_spec.supported_ops = ops
         if not float_io:
-            c.inference_input_type = tf.int8
+            c.inference_input_type = tf.uint8 if input_dtype == "uint8" else tf.int8
             c.inference_output_type = tf.int8
 
     _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup,

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kdl.gates import at_least, at_most, nonfinite_count, out_of_tolerance
 from kdl.training import primary_metric, score
 
 
@@ -20,6 +21,8 @@ def compare(reference: np.ndarray, outputs: np.ndarray, y_true: np.ndarray, task
     Returns max/mean abs difference, top-1 agreement (classifiers), the task
     metric of both and its drop, and `failures`: one sentence per missed
     threshold (`max_abs_diff`, `min_top1_agreement`, `max_metric_drop`).
+    A NaN or infinity in `outputs` or in `reference` is a failure of its own
+    (see `kdl.gates`), and makes every figure it touches fail its threshold.
     """
     if outputs.shape != reference.shape:
         return {"failures": [f"output shape {outputs.shape} differs from the Keras "
@@ -37,14 +40,24 @@ def compare(reference: np.ndarray, outputs: np.ndarray, y_true: np.ndarray, task
     if task == "classification":
         report["top1_agreement"] = float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
     failures = []
+    for what, arr in (("the exported file's outputs", outputs),
+                      ("the Keras model's reference outputs", reference)):
+        bad = nonfinite_count(arr)
+        report[f"nonfinite_{'outputs' if arr is outputs else 'reference'}"] = bad
+        if bad:
+            failures.append(f"{bad} of {arr.size} values of {what} are NaN/inf")
+    if report["nonfinite_outputs"] or report["nonfinite_reference"]:
+        report["max_abs_diff"] = float("nan")
+        if task == "classification":  # argmax of a NaN row is meaningless
+            report["top1_agreement"] = float("nan")
     limit = thresholds.get("max_abs_diff")
-    if limit is not None and report["max_abs_diff"] > limit:
+    if limit is not None and out_of_tolerance(diff, 0.0, atol=limit).any():
         failures.append(f"max abs diff {report['max_abs_diff']:.3g} > {limit:.3g}")
     limit = thresholds.get("min_top1_agreement")
-    if limit is not None and report.get("top1_agreement", 1.0) < limit:
+    if limit is not None and not at_least(report.get("top1_agreement", 1.0), limit):
         failures.append(f"top-1 agreement {report['top1_agreement']:.4f} < {limit:.4f}")
     limit = thresholds.get("max_metric_drop")
-    if limit is not None and drop > limit:
+    if limit is not None and not at_most(drop, limit):
         failures.append(f"{name} drop {drop:.4f} > {limit:.4f}")
     report["failures"] = failures
     report["passed"] = not failures

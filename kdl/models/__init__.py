@@ -13,6 +13,7 @@ from kdl.models import (  # noqa: F401
     gcn,
     generative,
     mlp,
+    mobile,
     resnet,
     rnn,
     tcn,

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from kdl import training
-from kdl.data import fingerprint
+from kdl.data import fingerprint, sample
 from kdl.export import float32_model
 from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path, atomic_write_json
@@ -38,6 +38,16 @@ def _run_worker(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
         raise RuntimeError(f"the TensorFlow export process failed (exit {proc.returncode}):\n"
                            f"{proc.stderr[-3000:]}")
     return json.loads(report_path.read_text())
+
+
+def export_options(cfg) -> dict[str, dict[str, Any]]:
+    """Per-format converter options from the config (flex ops, uint8 pixel input)."""
+    options: dict[str, dict[str, Any]] = {
+        f: {"allow_flex_ops": True} for f in cfg.export.formats
+        if f.startswith("tflite") and cfg.export.allow_flex_ops}
+    if cfg.export.input_dtype != "int8" and "tflite_int8" in cfg.export.formats:
+        options.setdefault("tflite_int8", {})["input_dtype"] = cfg.export.input_dtype
+    return options
 
 
 def failure_table(report: dict[str, Any]) -> str:
@@ -72,7 +82,8 @@ def run(ctx) -> dict:
                               f"({type(e).__name__}: {e}); train again or restore it") from None
     reference = training.predict(model, splits.test.x)
     n_rep = min(cfg.export.representative_samples, len(splits.train))
-    representative = splits.train.x[np.random.default_rng(0).permutation(len(splits.train))[:n_rep]]
+    representative = sample(splits.train,
+                            np.random.default_rng(0).permutation(len(splits.train))[:n_rep])
 
     workdir = Path(tempfile.mkdtemp(dir=run_dir, prefix=".export-work-"))
     try:
@@ -83,8 +94,7 @@ def run(ctx) -> dict:
                 "model": str(model_path), "inputs": str(workdir / "inputs.npz"),
                 "out_dir": str(out_dir), "formats": list(cfg.export.formats),
                 "task": splits.task, "thresholds": cfg.export.thresholds,
-                "options": {f: {"allow_flex_ops": True} for f in cfg.export.formats
-                            if f.startswith("tflite") and cfg.export.allow_flex_ops},
+                "options": export_options(cfg),
             }
             report = _run_worker(request, workdir)
             report["representative"] = {"samples": n_rep,

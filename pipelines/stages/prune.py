@@ -59,6 +59,28 @@ def make_schedule(cfg, total_steps: int):
                            p.frequency)
 
 
+def fit_data(cfg, splits) -> dict:
+    """`fit` arguments for a fine-tune on the training split (not augmented): the arrays,
+    or for image files streamed batches (shuffled, seeded), so memory stays flat."""
+    from kdl.data import make_tf_dataset
+
+    if not hasattr(splits.train, "dataset"):
+        return {"x": splits.train.x, "y": splits.train.y, "batch_size": cfg.data.batch_size,
+                "validation_data": (splits.val.x, splits.val.y)}
+    b = cfg.data.batch_size
+    return {"x": make_tf_dataset(splits.train, b, shuffle=True, seed=cfg.train.seed),
+            "validation_data": make_tf_dataset(splits.val, b) if len(splits.val) else None}
+
+
+def calibration_batches(splits, batch_size: int = 256):
+    """The training inputs for batch-norm recalibration: the array, or streamed batches."""
+    from kdl.data import make_tf_dataset
+
+    if hasattr(splits.train, "dataset"):
+        return make_tf_dataset(splits.train, batch_size, targets=False)
+    return splits.train.x
+
+
 def run(ctx) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     p = cfg.prune
@@ -73,11 +95,10 @@ def run(ctx) -> dict:
         pruner = MagnitudePruner(model, schedule, scope=p.scope, block_size=p.block_size,
                                  m_by_n=p.m_by_n, exclude=p.exclude)  # raises before fitting
         compile_model(model, splits.task, p.learning_rate)
-        model.fit(splits.train.x, splits.train.y, batch_size=cfg.data.batch_size,
-                  epochs=p.epochs, validation_data=(splits.val.x, splits.val.y), verbose=0,
+        model.fit(**fit_data(cfg, splits), epochs=p.epochs, verbose=0,
                   callbacks=[pruner.callback(), tracker.keras_callback("prune/")])
         model = pruner.strip()
-        recalibrate_batch_norm(model, splits.train.x)
+        recalibrate_batch_norm(model, calibration_batches(splits))
         layers = pruner.report()
     else:
         from kdl.compress.pruning import prunable_weights
@@ -92,7 +113,7 @@ def run(ctx) -> dict:
                             batch_size=cfg.data.batch_size, learning_rate=p.learning_rate,
                             loss=loss, seed=cfg.train.seed)
         compile_model(model, splits.task, p.learning_rate)
-        recalibrate_batch_norm(model, splits.train.x)
+        recalibrate_batch_norm(model, calibration_batches(splits))
         layers = {v.path: float(np.mean(keras.ops.convert_to_numpy(v) == 0))
                   for _, v in prunable_weights(model)}
     target = schedule.final_sparsity

@@ -15,14 +15,21 @@ from kdl.registry import MODELS
 from pipelines import plots, toolkit
 
 
-def load_data(cfg: ExperimentConfig) -> DataSplits:
-    """The recipe's dataset, split and normalized exactly as in training."""
+def load_data(cfg: ExperimentConfig, cache_dir=None) -> DataSplits:
+    """The recipe's dataset, split and normalized exactly as in training (image files:
+    their decoded images cached under `cache_dir` when `data.cache`)."""
+    from kdl.data.sources import IMAGE_OPTIONS
+    from kdl.registry import DATASETS
+
     d = cfg.data
     options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
                if v is not None}
+    if DATASETS.get(d.name).meta.get("files"):
+        options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
     options.update(d.params)
     return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                       seed=d.seed, normalize=d.normalize, **options)
+                       seed=d.seed, normalize=d.normalize, augment=d.augment,
+                       cache_dir=str(cache_dir) if d.cache and cache_dir else None, **options)
 
 
 def save_model(model: keras.Model, path) -> None:
@@ -35,8 +42,24 @@ def run(ctx) -> dict:
 
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     policy = training.prepare(cfg.train)
-    splits = load_data(cfg)
+    splits = load_data(cfg, run_dir / "cache")
     ctx.state["splits"] = splits
+    if splits.files_report is not None:  # image files: what was read, what was skipped
+        report = splits.files_report
+        atomic_write_json(run_dir / "data_report.json", report)
+        tracker.log_artifact(run_dir / "data_report.json")
+        tracker.log_metrics({"data/images": report["images"],
+                             "data/skipped_files": report["skipped"]})
+        if report["skipped"]:
+            print(f"data: skipped {report['skipped']} unusable file(s) of {report['root']} "
+                  f"(listed in {run_dir / 'data_report.json'})")
+    if splits.augment is not None:  # one augmented training batch, to look at
+        from kdl.data import make_tf_dataset
+
+        plots.image_batch(make_tf_dataset(splits.train, 32, shuffle=True, seed=cfg.data.seed,
+                                          augment=splits.augment),
+                          run_dir / "augmented_batch.png", "one augmented training batch")
+        tracker.log_artifact(run_dir / "augmented_batch.png")
     atomic_write_json(run_dir / "preprocessing.json", {
         "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
         "task": splits.task, "label_names": splits.label_names,
@@ -55,7 +78,7 @@ def run(ctx) -> dict:
         model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
                             task=splits.task, preset=cfg.model.preset, **cfg.model.params)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-    training.compile_for(model, splits.task, cfg.train, steps)
+    training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
     tracker.log_params({"precision_policy": policy, "params": model.count_params(),
                         "train_examples": len(splits.train)})
 

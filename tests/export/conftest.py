@@ -64,3 +64,19 @@ def tiny_export(tmp_path_factory):
     return SimpleNamespace(model=model, normalizer=norm, raw=raw, x=x, dir=d, fp32=fp32,
                            int8=int8, keras_path=keras_path, saved_model=saved_model,
                            labels=[f"class_{i}" for i in range(N_CLASSES)])
+
+
+@pytest.fixture(scope="session")
+def good_bundle(tiny_export, tmp_path_factory):
+    """A bundle of the tiny classifier's fp32 and int8 files that verifies (6 examples)."""
+    from kdl.export.bundle import write_bundle
+
+    t = tiny_export
+    golden_raw = t.raw[:6]
+    ref = t.model.predict(t.normalizer(golden_raw), verbose=0)
+    out = tmp_path_factory.mktemp("bundles") / "bundle"
+    write_bundle(out, {"tflite_fp32": t.fp32, "tflite_int8": t.int8}, golden_raw,
+                 normalization=t.normalizer, label_names=t.labels, task="classification",
+                 model_name="tiny", model_version="7", source_run="run-123",
+                 reference_outputs=ref)
+    return out

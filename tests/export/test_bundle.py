@@ -50,23 +50,19 @@ def load_checker():
     return mod
 
 
-@pytest.fixture(scope="module")
-def good_bundle(tiny_export, tmp_path_factory):
-    t = tiny_export
-    golden_raw = t.raw[:6]
-    ref = t.model.predict(t.normalizer(golden_raw), verbose=0)
-    out = tmp_path_factory.mktemp("bundles") / "bundle"
-    write_bundle(out, {"tflite_fp32": t.fp32, "tflite_int8": t.int8}, golden_raw,
-                 normalization=t.normalizer, label_names=t.labels, task="classification",
-                 model_name="tiny", model_version="7", source_run="run-123",
-                 reference_outputs=ref)
-    return out
-
-
 def copy_bundle(src: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(src, dst)
     return dst
+
+
+def rehash(bundle: Path, name: str) -> None:
+    """Record the file's current sha256 in the contract, to reach the checks behind it."""
+    import hashlib
+
+    contract = json.loads((bundle / "contract.json").read_text())
+    contract["files"][name]["sha256"] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / "contract.json").write_text(json.dumps(contract))
 
 
 @pytest.mark.tf_only
@@ -183,8 +179,12 @@ def test_truncated_tflite_is_malformed(good_bundle, tmp_path):
     data = (b / "model_int8.tflite").read_bytes()
     (b / "model_int8.tflite").write_bytes(data[: len(data) // 2])
     proc = run_checker(b)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "model_int8.tflite: sha256 differs from the contract's" in proc.stderr
+    rehash(b, "model_int8.tflite")
+    proc = run_checker(b)
     assert proc.returncode == 2
-    assert "MALFORMED model_int8.tflite" in proc.stderr
+    assert "MALFORMED: model_int8.tflite" in proc.stderr
     assert "cannot load it" in proc.stderr and "truncated" in proc.stderr
 
 
@@ -193,12 +193,13 @@ def test_not_a_tflite_and_missing_files_are_malformed(good_bundle, tmp_path):
     checker = load_checker()
     b = copy_bundle(good_bundle, tmp_path)
     (b / "model_fp32.tflite").write_bytes(b"\x00" * 4 + b"ONNX" + b"\x00" * 100)
+    rehash(b, "model_fp32.tflite")
     code, lines = checker.verify_bundle(b)
     assert code == 2 and "not a TFLite model (no TFL3 identifier" in "\n".join(lines)
 
     (b / "model_fp32.tflite").unlink()
     code, lines = checker.verify_bundle(b)
-    assert code == 2 and "model_fp32.tflite: model file listed in the contract is missing" in \
+    assert code == 2 and "model_fp32.tflite: file declared in the contract is missing" in \
         "\n".join(lines)
 
     (b / "golden.json").unlink()
@@ -282,3 +283,110 @@ def test_checker_quantizes_like_tflite():
         [zp, zp, zp, zp, 0, 0, zp]))
     assert q.dtype == np.int8
     np.testing.assert_allclose(checker.dequantize(q[:4], scale, zp), [0.5, -0.5, 0.5, -1.0])
+
+
+# ----------------------------------------------------------------------------- bad contracts
+# Each case damages one thing in a good bundle; the checker must refuse it with
+# exit 2 and one line naming the problem, before any model runs.
+
+
+def _contract(fn):
+    def mutate(b: Path):
+        c = json.loads((b / "contract.json").read_text())
+        fn(c)
+        (b / "contract.json").write_text(json.dumps(c))
+    return mutate
+
+
+def _golden(fn):
+    def mutate(b: Path):
+        g = json.loads((b / "golden.json").read_text())
+        fn(g)
+        (b / "golden.json").write_text(json.dumps(g))
+    return mutate
+
+
+def _rename_file(new: str):
+    def fn(c):
+        c["files"][new] = c["files"].pop("model_fp32.tflite")
+    return fn
+
+
+def _symlink_out(b: Path):
+    outside = b.parent / "elsewhere.tflite"
+    shutil.copyfile(b / "model_fp32.tflite", outside)
+    (b / "linked.tflite").symlink_to(outside)
+    _contract(_rename_file("linked.tflite"))(b)
+    _golden(lambda g: g["expected"].__setitem__("linked.tflite",
+                                                g["expected"].pop("model_fp32.tflite")))(b)
+
+
+def _set(path: str, value):
+    """`contract` key path like files/model_int8.tflite/inputs/0/quantization/scale."""
+    def fn(d):
+        keys = [int(k) if k.isdigit() else k for k in path.split("/")]
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return fn
+
+
+def _raw_golden_text(old: str, new: str):
+    def mutate(b: Path):
+        text = (b / "golden.json").read_text()
+        (b / "golden.json").write_text(text.replace(old, new, 1))
+    return mutate
+
+
+_I8 = "files/model_int8.tflite"
+_EXP = "expected/model_fp32.tflite"
+BAD_CONTRACTS = {
+    "dotdot name": (_contract(_rename_file("../model_fp32.tflite")), "leaves the bundle"),
+    "absolute name": (_contract(_rename_file("/tmp/model_fp32.tflite")), "leaves the bundle"),
+    "symlink out": (_symlink_out, "is a link that leaves the bundle"),
+    "no sha256": (_contract(lambda c: c["files"]["model_fp32.tflite"].pop("sha256")),
+                  "missing key 'sha256'"),
+    "bad sha256": (_contract(_set(f"{_I8}/sha256", "abc")), "64 lowercase hex digits"),
+    "unknown block": (_contract(_set("extra", {})), "unknown key(s) 'extra'"),
+    "wrong schema": (_contract(_set("schema", "kdl.bundle/9")), "this checker reads"),
+    "zero scale": (_contract(_set(f"{_I8}/inputs/0/quantization/scale", 0.0)), "must be > 0"),
+    "text scale": (_contract(_set(f"{_I8}/inputs/0/quantization/scale", "0.1")),
+                   "must be int or float, got str"),
+    "zero point out of int8": (_contract(_set(f"{_I8}/outputs/0/quantization/zero_point", 300)),
+                               "must be <= 127"),
+    "float zero point": (_contract(_set(f"{_I8}/outputs/0/quantization/zero_point", 1.5)),
+                         "must be int, got float"),
+    "negative index": (_contract(_set(f"{_I8}/inputs/0/index", -1)), "must be >= 0"),
+    "wrong index": (_contract(_set(f"{_I8}/inputs/0/index", 99)),
+                    "tensor index 0 in the model, 99 in the contract"),
+    "text in normalization": (_contract(_set("preprocessing/normalization/mean/0", "a")),
+                              "normalization.mean[0]: must be int or float, got str"),
+    "zero std": (_contract(_set("preprocessing/normalization/std/2", 0)), "must be > 0"),
+    "normalization width": (_contract(_set("preprocessing/normalization/mean", [0.0] * 3)),
+                            "mean has 3 values, std 8"),
+    "label count": (_contract(_set("labels", ["a", "b", "c", "d", "e"])),
+                    "does not end in the 5 labels"),
+    "bool shape": (_contract(_set(f"{_I8}/inputs/0/shape/1", True)), "got a boolean"),
+    "huge atol": (_golden(_set(f"{_EXP}/atol", 1e9)), "atol: must be <="),
+    "negative atol": (_golden(_set(f"{_EXP}/atol", -1e-4)), "atol: must be >= 0"),
+    "text rtol": (_golden(_set(f"{_EXP}/rtol", "1e-4")), "rtol: must be int or float"),
+    "huge rtol": (_golden(_set(f"{_EXP}/rtol", 3.0)), "rtol: must be <= 0.5"),
+    "NaN golden": (_raw_golden_text('"data": [[', '"data": [[NaN, '),
+                   "NaN is not a JSON number"),
+    "inf golden": (lambda b: (_golden(_set(f"{_EXP}/outputs/0/data/0/0", 12345.5))(b),
+                              _raw_golden_text("12345.5", "1e999")(b)),
+                   "1 of 18 values are not finite"),
+    "ragged golden": (_golden(_set("inputs/0/data/1", [1.0])), "not a numeric array"),
+}
+
+
+@pytest.mark.tf_only
+@pytest.mark.parametrize("case", sorted(BAD_CONTRACTS))
+def test_malformed_contract_is_exit_2_in_one_line(case, good_bundle, tmp_path, capsys):
+    mutate, message = BAD_CONTRACTS[case]
+    b = copy_bundle(good_bundle, tmp_path)
+    mutate(b)
+    code = load_checker().main([str(b)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and message in err, err

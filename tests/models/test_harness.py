@@ -7,8 +7,12 @@ import kdl.models  # noqa: F401  (registers the zoo)
 from kdl import testing
 from kdl.registry import MODELS
 
-CASES = testing.cases()
-IDS = [c.name for c in CASES]
+# keras.applications backbones (kdl.models.mobile) take seconds per check even at their
+# tiny presets: they go through the harness in the slow suite (tests/models/test_mobile.py
+# keeps a fast forward/save check of one of them).
+CASES = [pytest.param(c, marks=pytest.mark.slow) if MODELS.get(c.name).meta.get("raw_pixels")
+         else c for c in testing.cases()]
+IDS = [c.values[0].name if hasattr(c, "values") else c.name for c in CASES]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,9 @@ def test_forward(case, built):
     testing.check_forward(case, built(case))
 
 
-@pytest.mark.parametrize("name,task", testing.task_cases())
+@pytest.mark.parametrize("name,task", [
+    pytest.param(n, t, marks=pytest.mark.slow) if MODELS.get(n).meta.get("raw_pixels") else (n, t)
+    for n, t in testing.task_cases()])
 def test_other_task_forward(name, task):
     testing.check_forward(testing.make_case(name, task))
 
@@ -66,12 +72,15 @@ def test_mixed_precision_call(case):
 CROSS_COVERED_BY = {
     "alexnet": "lenet5", "vgg": "lenet5", "cnn": "lenet5", "resnet": "lenet5",
     "rnn": "seq2seq", "transformer_classifier": "transformer", "gan": "dcgan",
+    # keras.applications graphs: stock layers only
+    "mobilenet_v2": "lenet5", "mobilenet_v3_small": "lenet5", "mobilenet_v3_large": "lenet5",
+    "efficientnet_b0": "lenet5", "efficientnet_v2_b0": "lenet5",
 }
 
 
 def test_keras_files_load_on_another_backend(tmp_path, built):
     assert set(CROSS_COVERED_BY) | set(CROSS_COVERED_BY.values()) <= set(MODELS.names())
-    cross = [c for c in CASES if c.name not in CROSS_COVERED_BY]
+    cross = [c for c in testing.cases() if c.name not in CROSS_COVERED_BY]
     testing.write_cross_backend(tmp_path, cross, built)
     target = testing.other_backend()
     report = testing.check_cross_backend(tmp_path, target)

@@ -97,9 +97,13 @@ def test_training_survives_the_server_dying_mid_run(server, tmp_path):
         """Kills the real server process once two epochs are logged on it."""
 
         def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                runs = client.search_runs([client.get_experiment_by_name("dies").experiment_id])
-                assert any("train/loss" in r.data.metrics for r in runs)
+            if epoch == 1:  # metrics are sent by a background thread: wait for the first
+                experiment = client.get_experiment_by_name("dies").experiment_id
+                deadline = time.monotonic() + 60
+                while not any("train/loss" in r.data.metrics
+                              for r in client.search_runs([experiment])):
+                    assert time.monotonic() < deadline, "no epoch metric reached the server"
+                    time.sleep(0.1)
                 _kill(proc)
 
     with pytest.warns(UserWarning, match="MLflow tracking disabled"):

@@ -83,6 +83,23 @@ def test_mlflow_lineage(default_run, store):
     assert any(v.run_id == train_id for v in versions)
 
 
+def test_every_epoch_metric_reaches_mlflow(default_run, store):
+    """Metrics go through a background queue; the run's end flushes it: none is lost."""
+    _, run_dir, _, tracker = default_run
+    client = MlflowClient(store["uri"])
+    (train,) = client.search_runs(
+        [client.get_run(tracker.parent_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{tracker.parent_id}' and tags.stage = 'train'")
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history) >= 4  # loss, accuracy, val_loss, val_accuracy
+    for name, values in {**history, "learning_rate": [None] * len(history["loss"])}.items():
+        logged = client.get_metric_history(train.info.run_id, f"train/{name}")
+        assert sorted(m.step for m in logged) == list(range(1, len(values) + 1)), name
+        if values[0] is not None:
+            by_step = {m.step: m.value for m in logged}
+            assert [by_step[s] for s in range(1, len(values) + 1)] == pytest.approx(values)
+
+
 def test_diverging_run_fails_and_keeps_what_it_wrote(store, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 5)).astype("float32")

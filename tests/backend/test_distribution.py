@@ -1,0 +1,103 @@
+"""`train.distribution` on simulated devices: 2 devices train as 1 does, a layout shards.
+
+Devices are simulated (`XLA_FLAGS=--xla_force_host_platform_device_count=2`,
+which kdl also reads on TensorFlow to make two logical CPUs), so each backend
+runs in a subprocess of its own (tests/backend/distributed_worker.py): the
+device count is fixed when JAX or TensorFlow starts. Both backends run from the
+TensorFlow pass (`once`).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdl.backend.distribution import check_config
+from kdl.config import DistributionConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = 1e-5  # max |w_2 devices - w_1 device| after 20 AdamW steps (measured ~6e-8)
+DP = {"kind": "data_parallel", "devices": 2}
+MP = {"kind": "model_parallel", "devices": 2, "mesh": {"batch": 1, "model": 2},
+      "layout": {"dense_.*kernel": [None, "model"]}}
+
+
+def _train(backend: str, runs: list[dict], tmp_path) -> dict:
+    out = tmp_path / f"{backend}.npz"
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/backend/distributed_worker.py"),
+                           str(out), json.dumps(runs)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(out))
+
+
+def _max_diff(d: dict, a: str, b: str) -> float:
+    keys = sorted(k.split("/", 1)[1] for k in d if k.startswith(a + "/w"))
+    diffs = [np.abs(d[f"{a}/{k}"] - d[f"{b}/{k}"]).max() for k in keys]
+    assert diffs and all(np.isfinite(diffs)), diffs
+    return float(max(diffs))
+
+
+@pytest.mark.once
+def test_jax_data_and_model_parallel_train_as_one_device(tmp_path):
+    d = _train("jax", [{"name": "one", "distribution": {}}, {"name": "dp", "distribution": DP},
+                       {"name": "mp", "distribution": MP}], tmp_path)
+    assert json.loads(str(d["dp/devices"])) == ["cpu:0", "cpu:1"]
+    for name in ("dp", "mp"):
+        assert _max_diff(d, "one", name) < TOL, name
+        assert np.abs(d["one/pred"] - d[f"{name}/pred"]).max() < TOL
+    dp, mp = json.loads(str(d["dp/layouts"])), json.loads(str(d["mp/layouts"]))
+    assert all("model" not in spec for spec in dp.values())  # replicated
+    assert mp["dense_0/kernel"] == [None, "model"] and mp["dense_1/kernel"] == [None, "model"]
+    assert "model" not in mp["head/kernel"]  # not named by the layout: replicated
+
+
+@pytest.mark.once
+def test_tensorflow_mirrored_trains_as_one_device(tmp_path):
+    d = _train("tensorflow", [{"name": "one", "distribution": {}},
+                              {"name": "dp", "distribution": DP}], tmp_path)
+    assert len(json.loads(str(d["dp/devices"]))) == 2
+    assert _max_diff(d, "one", "dp") < TOL  # clipnorm=1.0 (the default) included
+    assert np.abs(d["one/pred"] - d["dp/pred"]).max() < TOL
+
+
+def test_the_equivalence_gate_catches_a_difference():
+    d = {"a/w0": np.zeros(3), "b/w0": np.array([0, 0, 1e-3])}
+    assert _max_diff(d, "a", "b") > TOL
+    with pytest.raises(AssertionError):
+        _max_diff({"a/w0": np.zeros(1), "b/w0": np.array([np.nan])}, "a", "b")
+
+
+@pytest.mark.parametrize("cfg, backend, message", [
+    (DP, "torch", "needs the jax or tensorflow backend"),
+    (MP, "tensorflow", "needs the jax backend"),
+    ({"kind": "none", "layout": {"x": [None]}}, "jax", "needs train.distribution.kind"),
+    ({**DP, "layout": {"x": [None]}}, "jax", "set train.distribution.kind=model_parallel"),
+    ({**MP, "layout": {"dense": [None, "modle"]}}, "jax", "'modle' is not a mesh axis"),
+    ({**MP, "layout": {"dense(": [None]}}, "jax", "not a regular expression"),
+    ({**MP, "devices": 4}, "jax", "has 2 devices"),
+    ({"kind": "model_parallel", "mesh": {"batch": 2}}, "jax", "needs a mesh and a layout"),
+    ({"kind": "data_parallel", "devices": 3}, "jax", "does not split over 3"),
+    ({"kind": "data_parallel", "devices": 0}, "tensorflow", "must be >= 1"),
+])
+def test_bad_distribution_is_named(cfg, backend, message):
+    from kdl.config import from_dict
+
+    d = from_dict({"train": {"distribution": cfg}}).train.distribution
+    got = check_config(d, 32, backend)
+    assert got is not None and message in got, got
+
+
+def test_good_distributions_pass():
+    assert check_config(DistributionConfig(), 32, "torch") is None
+    for cfg, backend in ((DP, "tensorflow"), (DP, "jax"), (MP, "jax")):
+        from kdl.config import from_dict
+
+        d = from_dict({"train": {"distribution": cfg}}).train.distribution
+        assert check_config(d, 32, backend) is None

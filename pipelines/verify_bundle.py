@@ -238,8 +238,72 @@ def _check_image(value, where: str, v: _Validation) -> None:
                                          f"{shape[1:]}")
 
 
+TOKENIZER_KINDS = ("wordpiece", "sentencepiece", "byte_pair", "bytes")
+TOKENIZER_STEPS = ("split_cjk", "strip_accents", "split", "lowercase", "wordpiece", "bytes",
+                   "sentencepiece")
+TOKENIZER_KEYS = ("kind", "normalization", "lowercase", "strip_accents", "vocab_size",
+                  "sequence_length", "pad_id", "start_token", "start_id", "end_token", "end_id",
+                  "truncation", "padding", "unknown_token", "unknown_id", "suffix_indicator",
+                  "split_on_cjk", "max_bytes_per_word", "special_tokens", "vocabulary_file",
+                  "sentencepiece_model_file", "file_sha256", "applies_to")
+
+
+def _check_tokenizer(value, where: str, v: _Validation) -> None:
+    """A text model's tokenizer: steps in order, ids in range, its files declared."""
+    if value is None:
+        return
+    _keys(value, where, TOKENIZER_KEYS)
+    kind = _require(value, "kind", where, str)
+    if kind not in TOKENIZER_KINDS:
+        raise _malformed(f"{where}.kind", f"{kind!r} is not one of {list(TOKENIZER_KINDS)}")
+    steps = _require(value, "normalization", where, list)
+    for i, step in enumerate(steps):
+        _keys(step, f"{where}.normalization[{i}]", ("step", "how"))
+        name = _require(step, "step", f"{where}.normalization[{i}]", str)
+        if name not in TOKENIZER_STEPS:
+            raise _malformed(f"{where}.normalization[{i}].step",
+                             f"{name!r} is not one of {list(TOKENIZER_STEPS)}")
+    if not steps or steps[-1]["step"] not in ("wordpiece", "bytes", "sentencepiece"):
+        raise _malformed(f"{where}.normalization", "must end in the step that makes ids "
+                                                   "(wordpiece, bytes or sentencepiece)")
+    for key in ("lowercase", "strip_accents"):
+        _require(value, key, where, bool)
+    vocab = _number(_require(value, "vocab_size", where, int), f"{where}.vocab_size", lo=1,
+                    integer=True)
+    length = _number(_require(value, "sequence_length", where, int), f"{where}.sequence_length",
+                     lo=1, integer=True)
+    for key in ("pad_id", "start_id", "end_id", "unknown_id"):
+        if key == "pad_id" or value.get(key) is not None:
+            _number(_require(value, key, where, int), f"{where}.{key}", lo=0, hi=vocab - 1,
+                    integer=True)
+    for key in ("truncation", "padding"):
+        _require(value, key, where, str)
+    hashes = value.get("file_sha256") or {}
+    _kind(hashes, dict, f"{where}.file_sha256")
+    for key in ("vocabulary_file", "sentencepiece_model_file"):
+        if value.get(key) is not None:
+            name = _require(value, key, where, str)
+            if name not in hashes:
+                raise _malformed(f"{where}.file_sha256", f"has no sha256 for {name!r}")
+    for name, sha in hashes.items():
+        v.declare(name, sha, f"{where}.file_sha256[{name!r}]")
+    if kind == "wordpiece":
+        _require(value, "vocabulary_file", where, str)
+        _number(_require(value, "unknown_id", where, int), f"{where}.unknown_id", lo=0,
+                hi=vocab - 1, integer=True)
+        _require(value, "suffix_indicator", where, str)
+        _number(_require(value, "max_bytes_per_word", where, int),
+                f"{where}.max_bytes_per_word", lo=1, integer=True)
+    for fname, entry in (v.contract.get("files") or {}).items():
+        t = (entry.get("inputs") or [{}])[0]
+        if t.get("dtype") != "int32" or (t.get("shape") or [None])[-1] != length:
+            raise _malformed(where, f"ids are int32 (1, {int(length)}); {fname} takes "
+                                    f"{t.get('dtype')} {t.get('shape')}")
+
+
 # Preprocessing steps, in the order an app applies them to the raw input.
 PREPROCESSING: dict[str, Callable[[Any, str, _Validation], None]] = {
+    "tokenizer": _check_tokenizer,
     "image": _check_image,
     "normalization": _check_normalization,
 }
@@ -369,7 +433,7 @@ def _no_constant(name: str):
 
 
 def _check_golden(golden: dict, contract: dict) -> None:
-    _keys(golden, GOLDEN, ("schema", "inputs", "expected", "reference", "images"))
+    _keys(golden, GOLDEN, ("schema", "inputs", "expected", "reference", "images", "text"))
     if golden.get("schema") != GOLDEN_SCHEMA:
         raise _malformed(f"{GOLDEN} schema", f"is {golden.get('schema')!r}, this checker reads "
                                              f"{GOLDEN_SCHEMA!r}")
@@ -406,6 +470,15 @@ def _check_golden(golden: dict, contract: dict) -> None:
                 hi=MAX_RTOL)
     if "reference" in golden:
         _array(golden["reference"], f"{GOLDEN} reference")
+    tokenizer = (contract.get("preprocessing") or {}).get("tokenizer")
+    if tokenizer is not None or "text" in golden:
+        where = f"{GOLDEN} text"
+        if tokenizer is None:
+            raise _malformed(where, "golden strings need the contract's preprocessing.tokenizer")
+        _keys(_require(golden, "text", GOLDEN, dict), where, ("stage", "strings"))
+        strings = _require(golden["text"], "strings", where, list)
+        if len(strings) != n or not all(isinstance(t, str) for t in strings):
+            raise _malformed(f"{where}.strings", f"needs {n} strings, one per golden input")
     images = golden.get("images") or []
     if images and not (contract.get("preprocessing") or {}).get("image"):
         raise _malformed(f"{GOLDEN} images", "decoded images need the contract's "
@@ -522,7 +595,8 @@ def _check_against_contract(path: Path, side: str, details: list[dict], tensors:
             )
         scale, zp = d["quantization"]
         q = _quant(t)
-        if np.issubdtype(np.dtype(d["dtype"]), np.integer):
+        if np.issubdtype(np.dtype(d["dtype"]), np.integer) and (scale or q is not None):
+            # (an integer tensor with scale 0 is not quantized: token ids)
             if q is None or not np.isclose(q[0], scale, rtol=1e-6, atol=0) or q[1] != zp:
                 raise MalformedBundleError(
                     f"{where} is quantized with scale={scale}, zero_point={zp} in the model; "
@@ -655,9 +729,9 @@ def run_like_an_app(interp, contract_inputs: list[dict], contract_outputs: list[
     for pos, (t, x) in enumerate(zip(contract_inputs, raw_inputs, strict=True)):
         x = normalize(x, contract) if pos == 0 else np.asarray(x, "float32")
         q = _quant(t)
-        if np.issubdtype(np.dtype(t["dtype"]), np.integer):
+        if q is not None and np.issubdtype(np.dtype(t["dtype"]), np.integer):
             x = quantize(x, q[0], q[1], t["dtype"])
-        else:
+        else:  # float input, or integer token ids (no quantization): the values as they are
             x = x.astype(t["dtype"])
         x = x[None]
         idx = int(t["index"])
@@ -793,35 +867,24 @@ def verify_tokenizer(bundle_dir: Path, contract: dict, golden: dict) -> tuple[li
         without a tokenizer.
 
     Raises:
-        MalformedBundleError: the tokenizer block, its files or golden.text are unusable.
+        MalformedBundleError: the vocabulary file does not fit the contract.
     """
     spec = (contract.get("preprocessing") or {}).get("tokenizer")
     if spec is None:
         return [], ""
-    where = f"{CONTRACT} preprocessing.tokenizer"
-    kind = _require(spec, "kind", where, str)
-    for key in ("sequence_length", "pad_id"):
-        _require(spec, key, where, int)
-    _require(spec, "normalization", where, list)
-    for fname, digest in (spec.get("file_sha256") or {}).items():
-        path = bundle_dir / fname
-        if Path(fname).name != fname or not path.is_file():
-            raise MalformedBundleError(f"{where}: file {fname!r} is not in the bundle.")
-        if _sha256(path.read_bytes()) != digest:
-            raise MalformedBundleError(f"{path}: sha256 differs from the contract's.")
-    text = _require(golden, "text", GOLDEN, dict)
-    strings = _require(text, "strings", f"{GOLDEN} text", list)
+    kind = spec["kind"]  # validated with the contract (_check_tokenizer, _check_golden)
+    strings = golden["text"]["strings"]
     ids = _array(golden["inputs"][0], f"{GOLDEN} inputs[0]")
-    if len(strings) != len(ids) or not all(isinstance(t, str) for t in strings):
-        raise MalformedBundleError(f"{GOLDEN}: text.strings needs one string per golden input "
-                                   f"({len(strings)} strings, {len(ids)} inputs).")
     supported, reference, read_vocabulary = _reference_tokenizer()
     if kind not in supported:
         return [], (f"tokenizer {kind}: strings not replayed (the reference tokenizer "
                     f"implements {', '.join(supported)}); ids -> outputs checked")
     vocab = []
     if spec.get("vocabulary_file"):
-        vocab = read_vocabulary(bundle_dir / _require(spec, "vocabulary_file", where, str))
+        vocab = read_vocabulary(bundle_dir / spec["vocabulary_file"])
+        if len(vocab) != spec["vocab_size"]:
+            raise MalformedBundleError(f"{spec['vocabulary_file']}: {len(vocab)} tokens, the "
+                                       f"contract says vocab_size {spec['vocab_size']}.")
     tok = reference(spec, vocab)
     mismatches = []
     for i, s in enumerate(strings):

@@ -94,6 +94,7 @@ class TextTokenizer:
             self.sequence_length, start_value=self.start_id, end_value=self.end_id,
             pad_value=self.pad_id, dtype="int32")
 
+        @tf.autograph.experimental.do_not_convert
         def fn(texts):
             ids = self.tokenizer(texts)
             return tf.cast(packer(ids), tf.int32)

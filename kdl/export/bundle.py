@@ -70,7 +70,7 @@ def _tensor_entry(detail: dict, signature_names: dict[int, str]) -> dict[str, An
     dtype = np.dtype(detail["dtype"]).name
     scale, zero_point = detail["quantization"]
     quant = None
-    if np.issubdtype(np.dtype(dtype), np.integer):
+    if np.issubdtype(np.dtype(dtype), np.integer) and scale:  # not token ids (scale 0)
         scales = detail["quantization_parameters"]["scales"]
         if len(scales) > 1:
             raise ValueError(

@@ -92,8 +92,7 @@ def _require(path: str | None, what: str) -> Path:
     return p
 
 
-@DATASETS.register("text_csv", task="classification", input="text",
-                   check=lambda **kw: text_csv(**kw))
+@DATASETS.register("text_csv", task="classification", input="text", check=True)
 def text_csv(path: str | None = None, text: str | None = None, target: str | None = None,
              task: str = "classification", label_names: list[str] | None = None) -> RawData:
     """A CSV/TSV (header row) or JSON-lines file of texts and labels.
@@ -142,8 +141,7 @@ def text_csv(path: str | None = None, text: str | None = None, target: str | Non
                         label_names)
 
 
-@DATASETS.register("text_folder", task="classification", input="text",
-                   check=lambda **kw: text_folder(**kw))
+@DATASETS.register("text_folder", task="classification", input="text", check=True)
 def text_folder(path: str | None = None, label_names: list[str] | None = None) -> RawData:
     """`keras.utils.text_dataset_from_directory`'s layout: `path/<label>/*.txt`.
 

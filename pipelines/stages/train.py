@@ -7,7 +7,7 @@ import math
 import keras
 
 from kdl import training
-from kdl.config import ExperimentConfig
+from kdl.config import ExperimentConfig, tokenizer_options
 from kdl.data import DataSplits, load_splits, model_input, take
 from kdl.io import atomic_path, atomic_write_json
 from kdl.models import build_model
@@ -22,14 +22,15 @@ def load_data(cfg: ExperimentConfig, cache_dir=None) -> DataSplits:
     from kdl.registry import DATASETS
 
     d = cfg.data
-    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
-               if v is not None}
+    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task,
+                                 "text": d.text}.items() if v is not None}
     if DATASETS.get(d.name).meta.get("files"):
         options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
     options.update(d.params)
     return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                        seed=d.seed, normalize=d.normalize, augment=d.augment,
-                       cache_dir=str(cache_dir) if d.cache and cache_dir else None, **options)
+                       cache_dir=str(cache_dir) if d.cache and cache_dir else None,
+                       tokenizer=tokenizer_options(cfg), **options)
 
 
 def save_model(model: keras.Model, path) -> None:
@@ -53,6 +54,15 @@ def run(ctx) -> dict:
         if report["skipped"]:
             print(f"data: skipped {report['skipped']} unusable file(s) of {report['root']} "
                   f"(listed in {run_dir / 'data_report.json'})")
+    text_report = splits.info.get("data_report")
+    if text_report:  # texts: rows dropped (empty, no label) or repaired (non-UTF-8 bytes)
+        atomic_write_json(run_dir / "data_report.json", text_report)
+        tracker.log_artifact(run_dir / "data_report.json")
+        tracker.log_metrics({f"data/{k}": float(v) for k, v in text_report.items()})
+        fixed = {k: v for k, v in text_report.items() if k not in ("rows", "examples") and v}
+        if fixed:
+            print(f"data: {text_report['examples']} of {text_report['rows']} rows used; "
+                  + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in fixed.items()))
     if splits.augment is not None:  # one augmented training batch, to look at
         from kdl.data import make_tf_dataset
 
@@ -75,8 +85,11 @@ def run(ctx) -> dict:
         backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
         model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
     else:
+        params = dict(cfg.model.params)
+        if "tokenizer" in splits.info:  # token ids: the vocabulary the tokenizer learned
+            params.setdefault("vocab_size", splits.info["vocab_size"])
         model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                            task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+                            task=splits.task, preset=cfg.model.preset, **params)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size)
     training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
     tracker.log_params({"precision_policy": policy, "params": model.count_params(),

@@ -35,6 +35,7 @@ FAST = ["train.epochs=3", "model.preset=tiny", "model.params={model_dim: 16, mlp
         "export.formats=[tflite_fp32,tflite_int8]"]
 
 
+@pytest.mark.slow  # a full run + verify + predict, three processes (about a minute)
 def test_user_csv_through_the_recipe_to_a_verified_bundle_and_predict(tmp_path):
     _write_csv(tmp_path / "my_texts.csv")
     sets = ["data.name=text_csv", "data.path=my_texts.csv", "data.text=text",

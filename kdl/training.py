@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdl.backend import distribution, resolve_precision
+from kdl.backend import distribution, resolve_precision, torch_threads
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
@@ -27,7 +27,10 @@ from kdl.schedules import build_schedule
 
 
 def prepare(cfg: TrainConfig) -> str:
-    """Seed every RNG and set the global dtype policy; return the policy name."""
+    """Seed every RNG, set the global dtype policy (and PyTorch's CPU threads on that
+    backend); return the policy name."""
+    if keras.backend.backend() == "torch":
+        torch_threads(cfg.torch_threads)
     keras.utils.set_random_seed(cfg.seed)
     policy = resolve_precision(cfg.precision)
     keras.config.set_dtype_policy(policy)

@@ -8,6 +8,7 @@ losses (GAN, VAE, SimCLR, CLIP, DDPM, DQN) use `fit` on every backend.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import keras
@@ -89,6 +90,27 @@ def resolve_precision(policy: str) -> str:
     if device == "gpu":
         return "mixed_bfloat16" if _gpu_supports_bf16() else "mixed_float16"
     return "float32"
+
+
+def torch_threads(requested: int | None = None) -> int:
+    """Set PyTorch's CPU intra-op threads: `requested`, or by default half the cores this
+    process may run on (at least 1). Returns the number set.
+
+    Why half: a training process shares its cores with its own `tf.data` input
+    threads, and often with other processes; PyTorch's default (every core)
+    then oversubscribes them and its spinning worker threads slow each step
+    several-fold (docs/performance.md has the figures).
+    """
+    import torch
+
+    n = requested
+    if n is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        n = max(1, cores // 2)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 from kdl.backend.training import CustomTrainModel, OptimizerGroup  # noqa: E402, F401

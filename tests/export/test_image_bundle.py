@@ -130,10 +130,10 @@ def test_predict_prints_the_right_labels_and_names_unreadable_files(image_bundle
 @pytest.mark.tf_only
 def test_predict_command_imports_no_keras_or_tensorflow(image_bundle):
     bundle, files, _ = image_bundle
-    code = ("import sys, runpy; sys.argv = ['pipelines', 'predict', %r, %r, '--json'];"
-            "from pipelines.cli import main; rc = main(sys.argv[1:]);"
+    code = (f"import sys; argv = ['predict', {str(bundle)!r}, {str(files[5])!r}, '--json'];"
+            "from pipelines.cli import main; rc = main(argv);"
             "bad = [m for m in ('keras', 'tensorflow', 'kdl') if m in sys.modules];"
-            "print('IMPORTED', bad); sys.exit(rc)") % (str(bundle), str(files[5]))
+            "print('IMPORTED', bad); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

@@ -113,3 +113,49 @@ def test_the_recipe_loads_and_text_config_is_checked():
     with pytest.raises(ConfigError, match="tokenizer.preset"):
         load_config("reviews_transformer", ["model.name=bert_classifier",
                                             "model.params={checkpoint: /nope}"])
+
+
+@pytest.mark.slow  # fine-tunes a (tiny) BERT through train, export and the bundle gate
+@pytest.mark.parametrize("arch", ["bert", "distil_bert"])
+def test_bert_family_fine_tuned_from_a_local_kerashub_preset(tmp_path, arch):
+    """A tiny pretrained checkpoint written here in KerasHub's preset layout (backbone +
+    tokenizer), fine-tuned with a kdl head; the bundle's tokenizer is the preset's."""
+    import keras_hub
+
+    from kdl.data.tokenizers import fit_tokenizer
+    from pipelines.run import run_pipeline
+    from pipelines.verify_bundle import verify_bundle
+
+    raw = reviews(n=600, seed=1)
+    vocab = fit_tokenizer(raw.x, vocab_size=300).vocabulary()
+    preset = tmp_path / "preset"
+    cls = {"bert": keras_hub.models.BertBackbone, "distil_bert":
+           keras_hub.models.DistilBertBackbone}[arch]
+    backbone = cls(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+                   intermediate_dim=32, max_sequence_length=32)
+    backbone.save_to_preset(str(preset))
+    tok_cls = {"bert": keras_hub.tokenizers.BertTokenizer,
+               "distil_bert": keras_hub.tokenizers.DistilBertTokenizer}[arch]
+    tok_cls(vocabulary=vocab, lowercase=True).save_to_preset(str(preset))
+    weights = backbone.get_layer("token_embedding").get_weights()[0]
+
+    cfg = load_config("reviews_transformer", [
+        f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+        "model.name=bert_classifier", "model.preset=tiny",
+        f"model.params={{backbone: {arch}, checkpoint: {preset}}}",
+        f"tokenizer.preset={preset}", "tokenizer.sequence_length=24",
+        "tokenizer.start_token=[CLS]", "tokenizer.end_token=[SEP]", "train.epochs=3",
+        "train.verbose=0", "train.learning_rate=0.001", "data.params={n: 900}"])
+    run_dir, results, _ = run_pipeline(cfg, log=lambda *_: None)
+    assert results["train"]["test_accuracy"] > 0.5  # three classes: chance is 1/3
+    assert verify_bundle(run_dir / "bundle")[0] == 0
+    contract = json.loads((run_dir / "bundle" / "contract.json").read_text())
+    tok = contract["preprocessing"]["tokenizer"]
+    assert tok["start_token"] == "[CLS]" and tok["vocab_size"] == len(vocab)
+    # the fine-tuned embeddings started from the checkpoint's (moved, but close)
+    import keras
+
+    model = keras.saving.load_model(run_dir / "model.keras")
+    hub = next(layer for layer in model.layers if isinstance(layer, cls))
+    tuned = hub.get_layer("token_embedding").get_weights()[0]
+    assert np.corrcoef(tuned.ravel(), weights.ravel())[0, 1] > 0.9

@@ -46,10 +46,10 @@ import numpy as np
 
 from kdl import training
 from kdl.backend import torch_threads
-from kdl.config import load_config
 from kdl.data import make_tf_dataset
 from kdl.models import build_model
-from pipelines.stages.train import load_data
+from pipelines.config import load_config
+from pipelines.stages.common import load_data
 from pipelines.tracking import Tracker
 
 TARGETS = {"kdl loop / bare model.fit": 1.03, "kdl tf.data / NumPy arrays": 1.05,

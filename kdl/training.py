@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdl.backend import distribution, resolve_precision, torch_threads
+from kdl.backend import distribution, enable_determinism, resolve_precision, torch_threads
 from kdl.callbacks import TerminateOnNonFinite, optimizer_options
 from kdl.callbacks.checkpoint import fit_resumable
 from kdl.config import TrainConfig
@@ -27,11 +27,14 @@ from kdl.schedules import build_schedule
 
 
 def prepare(cfg: TrainConfig) -> str:
-    """Seed every RNG, set the global dtype policy (and PyTorch's CPU threads on that
-    backend); return the policy name."""
+    """Seed every RNG, ask for deterministic ops, set the global dtype policy (and
+    PyTorch's CPU threads on that backend); return the policy name. Two runs with the
+    same seed on the same machine, backend and package versions give the same weights
+    (tests/test_reproducibility.py)."""
     if keras.backend.backend() == "torch":
         torch_threads(cfg.torch_threads)
     keras.utils.set_random_seed(cfg.seed)
+    enable_determinism()
     policy = resolve_precision(cfg.precision)
     keras.config.set_dtype_policy(policy)
     return policy

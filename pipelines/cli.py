@@ -76,12 +76,9 @@ def _error(message: str) -> int:
 
 
 def cmd_list() -> int:
-    import kdl.data  # noqa: F401
-    import kdl.models  # noqa: F401
-    import kdl.schedules  # noqa: F401
-    from kdl.config import available_recipes
     from kdl.export import FORMATS
     from kdl.registry import DATASETS, MODELS, SCHEDULES
+    from pipelines.config import available_recipes
 
     print("recipes:  " + ", ".join(available_recipes()))
     for title, registry in (("models", MODELS), ("datasets", DATASETS),
@@ -97,16 +94,16 @@ def cmd_list() -> int:
 
 
 def cmd_run(args) -> int:
-    from kdl.config import load_config
     from pipelines import toolkit
-    from pipelines.run import run_pipeline, summary_table
+    from pipelines.config import STAGES, load_config
+    from pipelines.run import continue_run, run_pipeline, summary_table
 
+    stages = args.stages.split(",") if args.stages else None
     if args.resume is not None:
         if args.recipe or args.overrides:
             return _error("--resume takes the run directory, not a recipe or --set "
                           "(the run's config is reused)")
-        run_dir, results, tracker = toolkit.resume(
-            args.resume, args.stages.split(",") if args.stages else None)
+        run_dir, results, tracker = continue_run(args.resume, stages, resume=True)
         print()
         print(summary_table(run_dir, results, tracker))
         return 0
@@ -116,13 +113,9 @@ def cmd_run(args) -> int:
     if args.sanity and not toolkit.sanity(cfg):
         print("\nFAILED: sanity check (overfit one batch); not training", file=sys.stderr)
         return 1
-    stages = args.stages.split(",") if args.stages else None
-    if stages:
-        from kdl.config import STAGES
-
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown:
-            return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    unknown = [s for s in stages or () if s not in STAGES]
+    if unknown:
+        return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
     run_dir, results, tracker = run_pipeline(cfg, stages)
     print()
     print(summary_table(run_dir, results, tracker))
@@ -130,28 +123,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate, yaml_load
-    from pipelines.run import Context, run_stages, summary_table
-    from pipelines.tracking import Tracker
+    """`export RUN_DIR` / `bench RUN_DIR`: that one stage again in an earlier run."""
+    from pipelines.run import continue_run, summary_table
 
-    run_dir = args.run_dir.resolve()
-    if not (run_dir / "config.yaml").is_file():
-        return _error(f"{run_dir} is not a kdl run directory (no config.yaml); "
-                      "RUN= takes a directory under saved_models/<experiment>/")
-    data = to_dict(from_dict(yaml_load((run_dir / "config.yaml").read_text())))
-    for text in args.overrides:
-        merge_override(data, *parse_override(text))
-    cfg = from_dict(data)
-    validate(cfg)
-    tracker = Tracker(cfg.tracking, cfg.name)
-    run_info = run_dir / "run.json"
-    parent = None
-    if run_info.is_file():
-        import json
-
-        parent = json.loads(run_info.read_text()).get("mlflow_run_id")
-    tracker.start(run_dir.name, {}, parent_id=parent)
-    results = run_stages(Context(cfg, run_dir, tracker), [args.command])  # export | bench
+    run_dir, results, tracker = continue_run(args.run_dir, [args.command], args.overrides)
     print(summary_table(run_dir, results, tracker))
     return 0
 
@@ -171,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError
     from kdl.registry import UnknownNameError
+    from pipelines.run import StageFailed
 
     try:
         if args.command == "list":
@@ -178,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             import yaml
 
-            from kdl.config import ExperimentConfig, to_dict
+            from pipelines.config import ExperimentConfig, to_dict
 
             print(yaml.safe_dump(to_dict(ExperimentConfig()), sort_keys=False))
             return 0
@@ -195,14 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("export", "bench"):
             return cmd_export(args)
         if args.command == "tune":
-            from kdl.config import load_config
+            from pipelines.config import load_config
             from pipelines.tune import tune
 
             tune(load_config(args.recipe, args.overrides))
             return 0
         if args.command == "lr-find":
-            from kdl.config import load_config
             from pipelines import toolkit
+            from pipelines.config import load_config
 
             toolkit.lr_find(load_config(args.recipe, args.overrides), min_lr=args.min_lr,
                             max_lr=args.max_lr, num_steps=args.steps)
@@ -210,10 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     except (ConfigError, DataError, ExportFileError, UnknownNameError, FileNotFoundError) as e:
         return _error(str(e))
-    except Exception as e:
-        from pipelines.run import StageFailed
-
-        if isinstance(e, StageFailed):
-            print(f"\nFAILED: {e}", file=sys.stderr)
-            return 1
-        raise
+    except StageFailed as e:
+        print(f"\nFAILED: {e}", file=sys.stderr)
+        return 1

@@ -34,9 +34,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import keras  # noqa: E402
 
-from kdl.config import TrackingConfig  # noqa: E402
+from pipelines.config import PROJECT_ROOT, TrackingConfig  # noqa: E402
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAM_LEN = 6000
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 QUEUE_SIZE = 10_000  # metric batches waiting; a full queue makes log_metrics wait

@@ -17,15 +17,19 @@ from typing import Any
 import keras
 import yaml
 
-from kdl.config import (
+from kdl import training
+from kdl.config import merge_override
+from pipelines.config import (
     ConfigError,
     ExperimentConfig,
+    experiment_dir,
     from_dict,
-    merge_override,
     save_config,
     to_dict,
     validate,
 )
+from pipelines.toolkit import data_and_model
+from pipelines.tracking import Tracker, environment_tags
 
 KINDS = ("float", "int", "categorical")
 PRIMITIVE = (type(None), bool, int, float, str)
@@ -122,9 +126,6 @@ class _Report(keras.callbacks.Callback):
 
 
 def _train_trial(cfg: ExperimentConfig, trial, tracker) -> tuple[float, bool]:
-    from kdl import training
-    from pipelines.toolkit import data_and_model
-
     splits, model = data_and_model(cfg)
     report = _Report(trial, cfg.tune.metric)
     result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
@@ -138,15 +139,12 @@ def _train_trial(cfg: ExperimentConfig, trial, tracker) -> tuple[float, bool]:
 def tune(cfg: ExperimentConfig, log=print) -> dict[str, Any]:
     """Run `cfg.tune.trials` trials in this process; write `best.yaml`; return a summary."""
     optuna = _optuna()
-    from pipelines.run import output_root
-    from pipelines.tracking import Tracker, environment_tags
-
     t = cfg.tune
     check_space(t.space)
     apply(cfg, {k: (s["choices"][0] if s["type"] == "categorical" else s["low"])
                 for k, s in t.space.items()})  # every key exists and takes a value
     study_name = t.study_name or f"{cfg.name}-tune"
-    out_dir = output_root(cfg) / (cfg.tracking.experiment or cfg.name) / study_name
+    out_dir = experiment_dir(cfg) / study_name
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = t.storage or f"sqlite:///{out_dir / 'optuna.db'}"
     study = optuna.create_study(

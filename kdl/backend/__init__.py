@@ -113,4 +113,34 @@ def torch_threads(requested: int | None = None) -> int:
     return n
 
 
+def enable_determinism() -> None:
+    """Ask the backend for run-to-run reproducible ops (with the seed `prepare` sets).
+
+    TensorFlow: `tf.config.experimental.enable_op_determinism()` (deterministic
+    kernels and tf.data order; an op without a deterministic kernel raises
+    instead of varying). PyTorch: `torch.use_deterministic_algorithms(True,
+    warn_only=True)` (warns where an op has none) and cuDNN's benchmark off.
+    JAX: XLA's CPU ops are deterministic; on GPU `--xla_gpu_deterministic_ops`
+    must be in `XLA_FLAGS` before JAX starts, so it is set here only if JAX has
+    not started a backend yet. The cost on CPU is measured in
+    docs/training.md (Reproducibility).
+    """
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif name == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif name == "jax":
+        import os
+
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+
+
 from kdl.backend.training import CustomTrainModel, OptimizerGroup  # noqa: E402, F401

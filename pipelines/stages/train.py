@@ -7,40 +7,16 @@ import math
 import keras
 
 from kdl import training
-from kdl.config import ExperimentConfig, tokenizer_options
-from kdl.data import DataSplits, load_splits, model_input, take
-from kdl.io import atomic_path, atomic_write_json
+from kdl.data import DataSplits, make_tf_dataset, model_input, take
+from kdl.io import atomic_write_json
 from kdl.models import build_model
 from kdl.registry import MODELS
+from kdl.transfer import load_backbone, with_head
 from pipelines import plots, toolkit
+from pipelines.stages.common import Context, StageFailed, load_data, save_model
 
 
-def load_data(cfg: ExperimentConfig, cache_dir=None) -> DataSplits:
-    """The recipe's dataset, split and normalized exactly as in training (image files:
-    their decoded images cached under `cache_dir` when `data.cache`)."""
-    from kdl.data.sources import IMAGE_OPTIONS
-    from kdl.registry import DATASETS
-
-    d = cfg.data
-    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task,
-                                 "text": d.text}.items() if v is not None}
-    if DATASETS.get(d.name).meta.get("files"):
-        options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
-    options.update(d.params)
-    return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                       seed=d.seed, normalize=d.normalize, augment=d.augment,
-                       cache_dir=str(cache_dir) if d.cache and cache_dir else None,
-                       tokenizer=tokenizer_options(cfg), **options)
-
-
-def save_model(model: keras.Model, path) -> None:
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-
-
-def run(ctx) -> dict:
-    from pipelines.run import StageFailed
-
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     policy = training.prepare(cfg.train)
     splits = load_data(cfg, run_dir / "cache")
@@ -64,8 +40,6 @@ def run(ctx) -> dict:
             print(f"data: {text_report['examples']} of {text_report['rows']} rows used; "
                   + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in fixed.items()))
     if splits.augment is not None:  # one augmented training batch, to look at
-        from kdl.data import make_tf_dataset
-
         plots.image_batch(make_tf_dataset(splits.train, 32, shuffle=True, seed=cfg.data.seed,
                                           augment=splits.augment),
                           run_dir / "augmented_batch.png", "one augmented training batch")
@@ -80,8 +54,6 @@ def run(ctx) -> dict:
         return run_custom(ctx, splits)
     transfer = cfg.train.transfer
     if transfer.backbone:  # a trained backbone and a new head (docs/training.md)
-        from kdl.transfer import load_backbone, with_head
-
         backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
         model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
     else:
@@ -148,7 +120,7 @@ def run(ctx) -> dict:
     return metrics
 
 
-def run_custom(ctx, splits: DataSplits) -> dict:
+def run_custom(ctx: Context, splits: DataSplits) -> dict:
     """Train a `CustomTrainModel` (VAE, GAN, DDPM, SimCLR, ...) on the inputs alone.
 
     Its registry entry names the argument that takes the data's shape
@@ -161,8 +133,6 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     `probe_features` (CLIP) on labelled data report a linear probe's test
     accuracy, trained and untrained.
     """
-    from pipelines.run import StageFailed
-
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     entry = MODELS.get(cfg.model.name)
     model = MODELS.build(cfg.model.name, preset=cfg.model.preset,

@@ -87,7 +87,7 @@ def test_the_equivalence_gate_catches_a_difference():
     ({"kind": "data_parallel", "devices": 0}, "tensorflow", "must be >= 1"),
 ])
 def test_bad_distribution_is_named(cfg, backend, message):
-    from kdl.config import from_dict
+    from pipelines.config import from_dict
 
     d = from_dict({"train": {"distribution": cfg}}).train.distribution
     got = check_config(d, 32, backend)
@@ -97,7 +97,7 @@ def test_bad_distribution_is_named(cfg, backend, message):
 def test_good_distributions_pass():
     assert check_config(DistributionConfig(), 32, "torch") is None
     for cfg, backend in ((DP, "tensorflow"), (DP, "jax"), (MP, "jax")):
-        from kdl.config import from_dict
+        from pipelines.config import from_dict
 
         d = from_dict({"train": {"distribution": cfg}}).train.distribution
         assert check_config(d, 32, backend) is None

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from kdl.config import ConfigError, load_config
+from pipelines.config import ConfigError, load_config
 
 FAST = ["model.preset=tiny", "train.epochs=2", "train.verbose=0", "tracking.enabled=false",
         "prune.epochs=2", "prune.frequency=5", "quantize.epochs=1",
@@ -31,7 +31,7 @@ def test_bad_compression_config_fails_at_load(override, match):
 
 
 def _ctx(tmp_path, overrides):
-    from pipelines.run import Context
+    from pipelines.stages.common import Context
     from pipelines.tracking import Tracker
 
     cfg = load_config("digits_cnn", FAST + [f"output_dir={tmp_path}"] + overrides)

@@ -7,7 +7,7 @@ import shutil
 import keras
 import pytest
 
-from kdl.config import ConfigError, load_config
+from pipelines.config import ConfigError, load_config
 
 FAST = ["train.epochs=2", "export.formats=[saved_model,tflite_fp32,tflite_int8]",
         "bench.budget_s=0.02", "bench.throughput_budget_s=0.01", "bench.min_reps=5",
@@ -85,8 +85,7 @@ def test_bench_stage_writes_the_table(finished):
 def test_failed_verification_leaves_no_bundle(finished, monkeypatch):
     import pipelines.verify_bundle as vb
     from pipelines import mobile
-    from pipelines.run import Context
-    from pipelines.stages.train import load_data
+    from pipelines.stages.common import Context, load_data
     from pipelines.tracking import Tracker
 
     cfg, run_dir, _, _ = finished
@@ -105,8 +104,8 @@ def test_failed_verification_leaves_no_bundle(finished, monkeypatch):
 
 @pytest.mark.tf_only
 def test_bench_needs_an_exported_run(finished, tmp_path):
-    from pipelines.run import Context
     from pipelines.stages import bench
+    from pipelines.stages.common import Context
     from pipelines.tracking import Tracker
 
     cfg, run_dir, _, _ = finished

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from kdl.config import ConfigError, load_config
+from kdl.config import ConfigError
+from pipelines.config import load_config
 from kdl.data.text import reviews
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     lrf.add_argument("--min-lr", type=float, default=1e-6)
     lrf.add_argument("--max-lr", type=float, default=1.0)
     lrf.add_argument("--steps", type=int, default=100)
+    lau = sub.add_parser("launch", help="train one run with N local processes (multi-process "
+                         "distribution on 127.0.0.1; docs/scale.md)")
+    lau.add_argument("recipe")
+    lau.add_argument("--processes", type=int, required=True, metavar="N")
+    lau.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value (every process)")
+    lau.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
     tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
     tun.add_argument("recipe")
     tun.add_argument("--set", dest="overrides", action="append", default=[],
@@ -116,7 +124,19 @@ def cmd_run(args) -> int:
     unknown = [s for s in stages or () if s not in STAGES]
     if unknown:
         return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
-    run_dir, results, tracker = run_pipeline(cfg, stages)
+    from kdl.backend.distribution import setup
+
+    try:  # joins the other processes of a distributed run; before any other device use
+        dist = setup(cfg.train.distribution)
+    except ValueError as e:
+        return _error(str(e))
+    # a launcher (or scheduler) stops this process with SIGTERM: end the MLflow run FAILED
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    run_dir, results, tracker = run_pipeline(cfg, stages, dist=dist)
+    if not dist.is_chief:
+        print(f"process {dist.process_id} of {dist.num_processes}: trained "
+              f"{results['train'].get('epochs')} epoch(s); process 0 writes the run")
+        return 0
     print()
     print(summary_table(run_dir, results, tracker))
     return 0
@@ -176,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 
             tune(load_config(args.recipe, args.overrides))
             return 0
+        if args.command == "launch":
+            from pipelines.config import load_config
+            from pipelines.launch import launch
+
+            if args.processes < 1:
+                return _error(f"--processes must be >= 1 (got {args.processes})")
+            load_config(args.recipe, args.overrides)  # bad input: one line, before any process
+            return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":
             from pipelines import toolkit
             from pipelines.config import load_config

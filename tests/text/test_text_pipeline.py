@@ -33,7 +33,7 @@ def _cli(args, tmp_path, timeout=900):
 
 FAST = ["train.epochs=3", "model.preset=tiny", "model.params={model_dim: 16, mlp_dim: 32}",
         "tokenizer.vocab_size=300", "tokenizer.sequence_length=16", "train.verbose=0",
-        "export.formats=[tflite_fp32,tflite_int8]"]
+        "export.formats=[tflite_fp32,tflite_dynamic]"]
 
 
 @pytest.mark.slow  # a full run + verify + predict, three processes (about a minute)

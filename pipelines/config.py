@@ -68,8 +68,12 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage("QAT, TFLite fp32/int8 variants, the compression report",
                       {**_NEEDS_TRAINED,
                        "prune": "after prune (QAT keeps the pruning masks)"}),
-    "export": Stage("every configured format, verified against the Keras model; the bundle"),
-    "bench": Stage("latency, throughput, size and memory of the exported files"),
+    "export": Stage("every configured format, verified against the Keras model; the bundle",
+                    {**_NEEDS_TRAINED,
+                     **{s: f"exports what {s} made: put it after {s}"
+                        for s in ("distill", "prune", "quantize")}}),
+    "bench": Stage("latency, throughput, size and memory of the exported files",
+                   {"export": "measures the exported files: put it after export"}),
 }
 
 

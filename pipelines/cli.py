@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import errno
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     lrf.add_argument("--min-lr", type=float, default=1e-6)
     lrf.add_argument("--max-lr", type=float, default=1.0)
     lrf.add_argument("--steps", type=int, default=100)
+    lau = sub.add_parser("launch", help="train one run with N local processes (multi-process "
+                         "distribution on 127.0.0.1; docs/scale.md)")
+    lau.add_argument("recipe")
+    lau.add_argument("--processes", type=int, required=True, metavar="N")
+    lau.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value (every process)")
+    lau.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
     tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
     tun.add_argument("recipe")
     tun.add_argument("--set", dest="overrides", action="append", default=[],
@@ -122,7 +130,19 @@ def cmd_run(args) -> int:
     if stages:  # the recipe's rules, before any work; config.yaml records them (--resume)
         cfg = dataclasses.replace(cfg, stages=stages)
         validate(cfg)
-    run_dir, results, tracker = run_pipeline(cfg)
+    from kdl.backend.distribution import setup
+
+    try:  # joins the other processes of a distributed run; before any other device use
+        dist = setup(cfg.train.distribution)
+    except ValueError as e:
+        return _error(str(e))
+    # a launcher (or scheduler) stops this process with SIGTERM: end the MLflow run FAILED
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    run_dir, results, tracker = run_pipeline(cfg, dist=dist)
+    if not dist.is_chief:
+        print(f"process {dist.process_id} of {dist.num_processes}: trained "
+              f"{results['train'].get('epochs')} epoch(s); process 0 writes the run")
+        return 0
     print()
     print(summary_table(run_dir, results, tracker))
     return 0
@@ -138,11 +158,12 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command_line = argv is None  # the real CLI (not main([...]) inside another program)
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--verbose" in argv:  # TensorFlow's and absl's own logging back on
         argv.remove("--verbose")
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    else:
+    elif command_line:
         _quiet()
     if argv[:1] == ["predict"]:  # its own parser, before any kdl import (no Keras, no TF)
         from pipelines.predict import main as predict_main
@@ -187,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
 
             tune(load_config(args.recipe, args.overrides))
             return 0
+        if args.command == "launch":
+            from pipelines.config import load_config
+            from pipelines.launch import launch
+
+            if args.processes < 1:
+                return _error(f"--processes must be >= 1 (got {args.processes})")
+            load_config(args.recipe, args.overrides)  # bad input: one line, before any process
+            return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":
             from pipelines import toolkit
             from pipelines.config import load_config

@@ -76,15 +76,25 @@ def _run_tracked(ctx: Context, stages: list[str], log) -> dict[str, dict[str, An
 
 
 def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=print,
-                 callbacks: list[keras.callbacks.Callback] = ()
+                 callbacks: list[keras.callbacks.Callback] = (), dist=None
                  ) -> tuple[Path, dict[str, dict[str, Any]], Tracker]:
     """Train/export/... as the recipe says. Raises StageFailed on a failed stage.
 
     `callbacks` are extra Keras callbacks for the train stage's `fit`.
     The run directory and everything written to it stay on failure; the MLflow
     parent run is then marked FAILED.
+
+    `dist` is the `kdl.backend.distribution.setup` of `cfg.train.distribution`
+    (made here when None). Of several processes only process 0 writes the run
+    directory and tracks; the others train (their part of every batch) in a
+    scratch directory that is removed, untracked, and stop after `fit`.
     """
+    from kdl.backend import distribution
+
     stages = stages or cfg.stages
+    dist = dist or distribution.setup(cfg.train.distribution)
+    if not dist.is_chief:
+        return _run_worker(cfg, dist, callbacks)
     state: dict[str, Any] = {"callbacks": list(callbacks)}
     if "train" in stages:  # bad data or a model that cannot take it: before anything exists
         state["splits"] = check_model_takes_data(cfg)
@@ -93,13 +103,13 @@ def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=pri
     tracker = Tracker(cfg.tracking, cfg.name)
     tags = {**environment_tags(), "recipe": cfg.name, "run_dir": str(run_dir)}
     tracker.start(run_dir.name, tags)
-    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.log_params({**flatten(to_dict(cfg)), **dist.params()})
     atomic_write_json(run_dir / "run.json", {"mlflow_run_id": tracker.parent_id,
                                              "tracking_uri": tracker.uri,
                                              "experiment": tracker.experiment,
                                              "backend": keras.backend.backend()})
     log(f"run directory: {run_dir}")
-    ctx = Context(cfg, run_dir, tracker, state)
+    ctx = Context(cfg, run_dir, tracker, {**state, "distribution": dist})
     return run_dir, _run_tracked(ctx, stages, log), tracker
 
 
@@ -139,6 +149,24 @@ def continue_run(run_dir: Path, stages: list[str] | None = None, overrides: list
     else:
         tracker.start(run_dir.name, {}, parent_id=parent)
     return run_dir, _run_tracked(Context(cfg, run_dir, tracker, state), stages, log), tracker
+
+
+def _run_worker(cfg: ExperimentConfig, dist, callbacks) -> tuple[Path, dict, Tracker]:
+    """Process k > 0 of a distributed run: the train stage's `fit`, nothing written, no MLflow."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from pipelines.stages import train
+
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
+    scratch = Path(tempfile.mkdtemp(prefix=f"kdl-process{dist.process_id}-"))
+    tracker = Tracker(cfg.tracking, cfg.name)
+    ctx = Context(cfg, scratch, tracker, {"callbacks": list(callbacks), "distribution": dist})
+    try:
+        return scratch, {"train": train.run(ctx)}, tracker
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fmt(v: Any) -> str:

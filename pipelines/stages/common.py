@@ -15,7 +15,7 @@ from kdl import training
 from kdl.data import DataSplits, load_splits, make_tf_dataset
 from kdl.data.sources import IMAGE_OPTIONS
 from kdl.export.litert import ExportFileError
-from kdl.io import atomic_path
+from kdl.io import atomic_path, atomic_write_json
 from kdl.registry import DATASETS
 from pipelines.config import ExperimentConfig
 from pipelines.tracking import Tracker
@@ -138,3 +138,19 @@ def compile_model(model: keras.Model, task: str, learning_rate: float) -> None:
     """Adam at `learning_rate` with the task's loss and metrics (fine-tuning stages)."""
     loss, metrics = training.loss_and_metrics(task)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+
+
+def conversion_failed(out_dir: Path, stage: str, model: str, error: str,
+                      crash: dict[str, Any] | None = None) -> StageFailed:
+    """The stage failure for a conversion that failed or crashed the converter.
+
+    Writes `<out_dir>/<format>.failed.json` (`<stage>.failed.json` when the
+    format is not known): stage, model family, the error, and for a crash the
+    exit status, signal and the converter's last words. Returns the
+    `StageFailed` to raise: one message naming the format, the model and what
+    the converter said last.
+    """
+    fmt = (crash or {}).get("format") or stage
+    path = Path(out_dir) / f"{fmt}.failed.json"
+    atomic_write_json(path, {"stage": stage, "model": model, "error": error, **(crash or {})})
+    return StageFailed(f"{stage} of model {model!r} failed: {error} (report: {path})")

@@ -23,7 +23,7 @@ from kdl.data import fingerprint, sample
 from kdl.export import float32_model
 from kdl.io import atomic_path, atomic_write_json
 from pipelines import mobile, tf_process
-from pipelines.stages.common import Context, StageFailed, load_keras
+from pipelines.stages.common import Context, StageFailed, conversion_failed, load_keras
 
 
 def _run_worker(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -95,7 +95,8 @@ def run(ctx: Context) -> dict:
                                         "fingerprint": fingerprint(representative)}
             _log(tracker, report)
             if "error" in report:
-                raise StageFailed(f"export failed: {report['error']}")
+                raise conversion_failed(run_dir, "export", cfg.model.name,
+                                                   report["error"], report.get("crash"))
             if not report["passed"]:
                 atomic_write_json(run_dir / "export_report.failed.json", report)
                 raise StageFailed("exported files do not match the Keras model:\n"

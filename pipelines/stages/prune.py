@@ -16,12 +16,14 @@ import numpy as np
 
 from kdl import training
 from kdl.compress import ConstantSparsity, MagnitudePruner, PolynomialDecay
-from kdl.compress.pruning import recalibrate_batch_norm
+from kdl.compress.pruning import recalibrate_batch_norm, sparsity_check
 from kdl.compress.report import count_params
 from kdl.config import ConfigError
+from kdl.gates import at_most
 from kdl.io import atomic_write_json
 from pipelines.stages.common import (
     Context,
+    StageFailed,
     calibration_batches,
     compile_model,
     fit_data,
@@ -85,13 +87,12 @@ def run(ctx: Context) -> dict:
         recalibrate_batch_norm(model, calibration_batches(splits))
         layers = {v.path: float(np.mean(keras.ops.convert_to_numpy(v) == 0))
                   for _, v in prunable_weights(model)}
-    target = schedule.final_sparsity
-    off = {k: s for k, s in layers.items() if abs(s - target) > 0.005}
+    target = 1 - p.m_by_n[0] / p.m_by_n[1] if p.m_by_n else schedule.final_sparsity
+    off = {k: s for k, s in layers.items() if not at_most(abs(s - target), 0.005)}
+    check = sparsity_check(model, target, p.exclude if p.engine == "native" else ())
     test = training.evaluate(model, splits.test, splits.task)
     out = run_dir / "compressed" / "model_pruned.keras"
     out.parent.mkdir(exist_ok=True)
-    save_model(model, out)
-    ctx.state["pruned_model_path"] = out
     name, _ = training.primary_metric(splits.task)
     counts = count_params(model)
     summary = {**counts, "target_sparsity": target,
@@ -99,9 +100,18 @@ def run(ctx: Context) -> dict:
                "max_layer_sparsity": max(layers.values()),
                f"test_{name}": test[name], f"baseline_test_{name}": baseline[name],
                f"delta_{name}_pt": 100 * (test[name] - baseline[name])}
-    atomic_write_json(run_dir / "compressed" / "prune_report.json",
-                      {**summary, "layers": layers, "schedule": schedule.get_config(),
-                       "engine": p.engine, "layers_off_target": off})
+    summary.update(pruned_sparsity=check["pruned_sparsity"],
+                   overall_sparsity=check["overall_sparsity"])
+    report = {**summary, "layers": layers, "schedule": schedule.get_config(),
+              "engine": p.engine, "layers_off_target": off, "target_check": check}
+    if not check["met"]:
+        failed = run_dir / "compressed" / "prune_report.failed.json"
+        atomic_write_json(failed, report)
+        raise StageFailed(f"prune missed its target: {check['message']}; no pruned model "
+                          f"is saved (report: {failed})")
+    save_model(model, out)
+    ctx.state["pruned_model_path"] = out
+    atomic_write_json(run_dir / "compressed" / "prune_report.json", report)
     tracker.log_metrics({f"prune/{k}": float(v) for k, v in summary.items()})
     tracker.log_artifact(run_dir / "compressed" / "prune_report.json", "compressed")
     if off:

@@ -35,12 +35,14 @@ from kdl.compress.qat import quantize_aware, strip_quantization
 from kdl.compress.report import count_params, file_sizes, table
 from kdl.data import fingerprint, sample
 from kdl.export import LiteRTRunner, export
+from kdl.export.formats import ExportError, last_words
 from kdl.gates import at_least, at_most, nonfinite_count
 from kdl.io import atomic_write_json, atomic_write_text
 from pipelines import tf_process
 from pipelines.stages.common import (
     Context,
     compile_model,
+    conversion_failed,
     fit_data,
     load_keras,
     load_trained,
@@ -54,7 +56,12 @@ FORMAT_SUFFIX = {"tflite_fp32": "fp32", "tflite_int8": "int8"}
 
 
 def convert_and_score(request: dict[str, Any]) -> dict[str, Any]:
-    """In a TensorFlow-backend process: convert each job's model, run it with LiteRT."""
+    """In a TensorFlow-backend process: convert each job's model, run it with LiteRT.
+
+    Returns:
+        `{"scores": {variant: metrics}}`, plus `error` (and `crash`, the
+        converter's `ConverterCrash.details`) when a conversion failed.
+    """
     data = np.load(request["inputs"])
     x, y, rep = data["x"], data["y"], data["representative"]
     results = {}
@@ -65,12 +72,16 @@ def convert_and_score(request: dict[str, Any]) -> dict[str, Any]:
             options = {"tflite_int8": {"representative": rep,
                                        "float_io": request.get("float_io", False)}}
         with tempfile.TemporaryDirectory() as tmp:
-            path = export(model, Path(tmp), [job["format"]], options)[job["format"]]
+            try:
+                path = export(model, Path(tmp), [job["format"]], options)[job["format"]]
+            except ExportError as e:
+                return {"scores": results, "error": f"{job['name']}: {e}",
+                        "crash": getattr(e, "details", None)}
             shutil.copyfile(path, job["out"] + ".tmp")
         os.replace(job["out"] + ".tmp", job["out"])
         pred = LiteRTRunner(job["out"]).predict(x)
         results[job["name"]] = _score(request["task"], y, pred)
-    return results
+    return {"scores": results}
 
 
 def _score(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -83,15 +94,22 @@ def _score(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {**scores, "nonfinite_outputs": bad}
 
 
-def _convert(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def _convert(request: dict[str, Any], workdir: Path, ctx) -> dict[str, Any]:
     if keras.backend.backend() == "tensorflow":
-        return convert_and_score(request)
-    proc = tf_process.run_module("pipelines.stages.quantize", request, workdir)
-    out = workdir / "result.json"
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"the TensorFlow conversion process failed (exit "
-                           f"{proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(out.read_text())
+        result = convert_and_score(request)
+    else:
+        proc = tf_process.run_module("pipelines.stages.quantize", request, workdir)
+        out = workdir / "result.json"
+        if proc.returncode != 0 or not out.exists():
+            raise conversion_failed(
+                ctx.run_dir / "compressed", "quantize", ctx.cfg.model.name,
+                f"the TensorFlow conversion process died (exit {proc.returncode})",
+                {"returncode": proc.returncode, "last_words": last_words(proc.stderr)})
+        result = json.loads(out.read_text())
+    if result.get("error"):
+        raise conversion_failed(ctx.run_dir / "compressed", "quantize", ctx.cfg.model.name,
+                                result["error"], result.get("crash"))
+    return result["scores"]
 
 
 # ----------------------------------------------------------------------------- stage
@@ -188,7 +206,7 @@ def run(ctx: Context) -> dict:
         jobs = [{"name": v["variant"], "keras": str(v["keras"]), "format": v["format"],
                  "out": str(comp / v["file"])} for v in variants if "format" in v]
         scores = _convert({"inputs": str(workdir / "inputs.npz"), "jobs": jobs,
-                           "task": splits.task, "float_io": q.float_io}, workdir)
+                           "task": splits.task, "float_io": q.float_io}, workdir, ctx)
         for v in variants:
             if "tflite" in v:  # converted by tfmot: score it here via a LiteRT job
                 scores[v["variant"]] = _convert_score_file(v["tflite"], splits, workdir)

@@ -7,6 +7,7 @@ import math
 import keras
 
 from kdl import training
+from kdl.backend.distribution import Distributed
 from kdl.data import DataSplits, make_tf_dataset, model_input, take
 from kdl.io import atomic_write_json
 from kdl.models import build_model
@@ -47,31 +48,43 @@ def run(ctx: Context) -> dict:
         "nonfinite_dropped": splits.dropped})
     tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
 
+    dist = ctx.state.get("distribution") or Distributed()
     if "data_arg" in MODELS.get(cfg.model.name).meta:  # trained by its own losses (zoo)
         return run_custom(ctx, splits)
     transfer = cfg.train.transfer
-    if transfer.backbone:  # a trained backbone and a new head (docs/training.md)
-        backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
-        model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
-    else:
-        model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                            task=splits.task, preset=cfg.model.preset, **cfg.model.params)
-    steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-    training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
-    tracker.log_params({"precision_policy": policy, "params": model.count_params(),
-                        "train_examples": len(splits.train)})
+    with dist.scope():  # variables made, and fit run, on the configured devices
+        if transfer.backbone:  # a trained backbone and a new head (docs/training.md)
+            backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
+            model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
+        else:
+            model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
+                                task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+        steps = math.ceil(len(splits.train) / cfg.data.batch_size)
+        training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
+        dist.check_layout(model)
+        tracker.log_params({"precision_policy": policy, "params": model.count_params(),
+                            "train_examples": len(splits.train)})
 
-    callbacks = [tracker.keras_callback("train/"), *ctx.state.get("callbacks", []),
-                 *toolkit.train_callbacks(ctx, splits)]
-    toolkit.log_schedule_plot(ctx, model, cfg.train.epochs * steps)
-    if transfer.backbone and transfer.phases:
-        result = training.fit_phases(model, backbone, splits, cfg.train, cfg.data.batch_size,
-                                     callbacks=callbacks)
-        atomic_write_json(run_dir / "transfer_phases.json", result.extra["phases"])
-    else:
-        result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
-                              callbacks=callbacks, checkpoint_dir=toolkit.checkpoint_dir(ctx))
+        callbacks = [tracker.keras_callback("train/"), *ctx.state.get("callbacks", []),
+                     *toolkit.train_callbacks(ctx, splits)]
+        toolkit.log_schedule_plot(ctx, model, cfg.train.epochs * steps)
+        if transfer.backbone and transfer.phases:
+            result = training.fit_phases(model, backbone, splits, cfg.train,
+                                         cfg.data.batch_size, callbacks=callbacks)
+            atomic_write_json(run_dir / "transfer_phases.json", result.extra["phases"])
+        else:
+            result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
+                                  callbacks=callbacks,
+                                  checkpoint_dir=toolkit.checkpoint_dir(ctx))
     model = result.extra.get("model", model)  # a resumed run continues a restored model
+    if not dist.is_chief:  # process k > 0: its part of training is done
+        return {"process_id": dist.process_id, "epochs": result.epochs_run}
+    if dist.kind != "none":
+        atomic_write_json(run_dir / "distribution.json", {
+            **dist.params(), "devices": dist.devices, "mesh": dist.mesh,
+            "variables": dist.variable_layouts(model)})
+        tracker.log_artifact(run_dir / "distribution.json")
+    model = dist.local_model(model, run_dir)
     atomic_write_json(run_dir / "history.json", result.history)
     if result.history.get("loss"):
         plots.training_curves(result.history, run_dir / "training_curves.png")
@@ -129,16 +142,23 @@ def run_custom(ctx: Context, splits: DataSplits) -> dict:
     """
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     entry = MODELS.get(cfg.model.name)
-    model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
-                         **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
-    probing = hasattr(model, "probe_features") and splits.task == "classification"
-    if probing:  # the same encoder before training: the random-encoder baseline
-        untrained = probe_accuracy(model, splits)
-    steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-    model.compile(training.make_optimizer(cfg.train, steps))
-    result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
-                          callbacks=[tracker.keras_callback("train/"),
-                                     *ctx.state.get("callbacks", [])])
+    dist = ctx.state.get("distribution") or Distributed()
+    with dist.scope():
+        model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
+                             **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+        probing = hasattr(model, "probe_features") and splits.task == "classification"
+        if probing:  # the same encoder before training: the random-encoder baseline
+            untrained = probe_accuracy(model, splits)
+        steps = math.ceil(len(splits.train) / cfg.data.batch_size)
+        model.compile(training.make_optimizer(cfg.train, steps))
+        result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
+                              callbacks=[tracker.keras_callback("train/"),
+                                         *ctx.state.get("callbacks", [])])
+    if not dist.is_chief:
+        return {"process_id": dist.process_id}
+    if dist.num_processes > 1:  # a copy of this process's own, compiled for evaluate
+        model = dist.local_model(model, run_dir)
+        model.compile(training.make_optimizer(cfg.train, steps))
     atomic_write_json(run_dir / "history.json", result.history)
     if result.diagnosis is not None:
         atomic_write_json(run_dir / "diagnosis.json", result.diagnosis)

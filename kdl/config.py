@@ -416,6 +416,10 @@ def _check_distribution(train: TrainConfig, batch_size: int) -> None:
     message = check_distribution(train.distribution, batch_size)
     if message:
         raise ConfigError(message)
+    if train.distribution.kind != "none" and train.checkpoint:
+        raise ConfigError("train.checkpoint (resume) is not supported under "
+                          "train.distribution yet: set train.checkpoint=false or "
+                          "train.distribution.kind=none")
     if train.distribution.kind != "none" and train.transfer.phases:
         raise ConfigError("train.distribution covers one fit: train.transfer.phases are not "
                           "distributed; set train.distribution.kind=none or drop the phases")

@@ -44,10 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     lau.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value (every process)")
     lau.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
+    srv = sub.add_parser("tracking-server", help="a team's MLflow server: PostgreSQL store, "
+                         "proxied artifacts, on 127.0.0.1 (docs/scale.md); Ctrl-C stops it")
+    srv.add_argument("--dir", type=Path, default=Path(".tracking-server"),
+                     help="PostgreSQL data, artifacts and logs (default .tracking-server/)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=5000)
     tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
     tun.add_argument("recipe")
     tun.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value, e.g. tune.trials=8")
+    tun.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="run the trials in N local processes sharing the study "
+                     "(tune.storage, e.g. postgresql://...)")
+    tun.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("list", help="list recipes, models, datasets, schedules and formats")
     export = sub.add_parser("export", help="export and verify an earlier run directory")
     export.add_argument("run_dir", type=Path)
@@ -194,8 +204,18 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.config import load_config
             from pipelines.tune import tune
 
-            tune(load_config(args.recipe, args.overrides))
+            if args.workers < 0:
+                return _error(f"--workers must be >= 0 (got {args.workers})")
+            tune(load_config(args.recipe, args.overrides), workers=args.workers,
+                 worker=args.worker, recipe=args.recipe, overrides=args.overrides)
             return 0
+        if args.command == "tracking-server":
+            from pipelines.tracking_server import ServerError, serve
+
+            try:
+                return serve(args.dir, args.host, args.port)
+            except ServerError as e:
+                return _error(str(e))
         if args.command == "launch":
             from pipelines.config import load_config
             from pipelines.launch import launch

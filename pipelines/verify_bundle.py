@@ -36,8 +36,10 @@ schema or does not match the model file), in one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -471,12 +473,28 @@ def check_tflite_bytes(path: Path) -> bytes:
     return content
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """LiteRT's C++ notices ("INFO: Created TensorFlow Lite XNNPACK delegate") go to fd 2;
+    held back here so that a malformed bundle's one line is all stderr shows."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _interpreter(path: Path, content: bytes, num_threads: int):
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interp = Interpreter(model_content=content, num_threads=num_threads)
-        interp.allocate_tensors()
+        with _quiet_stderr():
+            interp = Interpreter(model_content=content, num_threads=num_threads)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise MalformedBundleError(
             f"{path}: the LiteRT interpreter cannot load it ({str(e).strip()}). "

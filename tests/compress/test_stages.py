@@ -94,6 +94,7 @@ def test_prune_stage_prunes_recurrent_kernels_to_the_target(tmp_path):
                                                       "excluded": 0}
 
 
+@pytest.mark.once  # the gate's logic is backend-independent
 def test_prune_stage_fails_loudly_when_the_target_is_missed(tmp_path, monkeypatch):
     """A pruning that did not hold (injected: the recurrent kernel comes back dense) fails the
     stage with the figures, writes the failed report and saves no pruned model."""

@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override the run's config, e.g. "
                        "bench.threads=[1,4] bench.budget_s=2")
+    evaluate = sub.add_parser("evaluate", help="evaluate an earlier run directory: per-class "
+                              "metrics of the Keras model and its exported files, calibration, "
+                              "explanations, robustness, fairness (evaluation/report.md)")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override the run's config, e.g. "
+                          "evaluate.robustness_examples=500 evaluate.sensitive=group")
     verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
                             "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
     verify.add_argument("bundle_dir", type=Path)
@@ -153,7 +160,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """`export RUN_DIR` / `bench RUN_DIR`: that one stage again in an earlier run."""
+    """`export|bench|evaluate RUN_DIR`: that one stage again in an earlier run."""
     from pipelines.run import continue_run, summary_table
 
     run_dir, results, tracker = continue_run(args.run_dir, [args.command], args.overrides)
@@ -172,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.verify_bundle import main as verify_main
 
         return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
+    if args.command in ("export", "bench", "evaluate") and not (
+            args.run_dir / "config.yaml").is_file():  # before Keras and TensorFlow start
+        return _error(f"{args.run_dir.resolve()} is not a kdl run directory (no config.yaml); "
+                      "RUN= takes a directory under saved_models/<experiment>/")
     from kdl.config import ConfigError
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError
@@ -198,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cartpole(args.out, steps=args.steps, seed=args.seed,
                                   episodes=args.episodes)
             return 0 if result["solved"] else 1
-        if args.command in ("export", "bench"):
+        if args.command in ("export", "bench", "evaluate"):
             return cmd_export(args)
         if args.command == "tune":
             from pipelines.config import load_config

@@ -44,10 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     lau.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value (every process)")
     lau.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
+    srv = sub.add_parser("tracking-server", help="a team's MLflow server: PostgreSQL store, "
+                         "proxied artifacts, on 127.0.0.1 (docs/scale.md); Ctrl-C stops it")
+    srv.add_argument("--dir", type=Path, default=Path(".tracking-server"),
+                     help="PostgreSQL data, artifacts and logs (default .tracking-server/)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=5000)
     tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
     tun.add_argument("recipe")
     tun.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value, e.g. tune.trials=8")
+    tun.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="run the trials in N local processes sharing the study "
+                     "(tune.storage, e.g. postgresql://...)")
+    tun.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("list", help="list recipes, models, datasets, schedules and formats")
     export = sub.add_parser("export", help="export and verify an earlier run directory")
     export.add_argument("run_dir", type=Path)
@@ -60,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override the run's config, e.g. "
                        "bench.threads=[1,4] bench.budget_s=2")
+    evaluate = sub.add_parser("evaluate", help="evaluate an earlier run directory: per-class "
+                              "metrics of the Keras model and its exported files, calibration, "
+                              "explanations, robustness, fairness (evaluation/report.md)")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override the run's config, e.g. "
+                          "evaluate.robustness_examples=500 evaluate.sensitive=group")
     verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
                             "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
     verify.add_argument("bundle_dir", type=Path)
@@ -143,7 +160,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """`export RUN_DIR` / `bench RUN_DIR`: that one stage again in an earlier run."""
+    """`export|bench|evaluate RUN_DIR`: that one stage again in an earlier run."""
     from pipelines.run import continue_run, summary_table
 
     run_dir, results, tracker = continue_run(args.run_dir, [args.command], args.overrides)
@@ -162,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.verify_bundle import main as verify_main
 
         return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
+    if args.command in ("export", "bench", "evaluate") and not (
+            args.run_dir / "config.yaml").is_file():  # before Keras and TensorFlow start
+        return _error(f"{args.run_dir.resolve()} is not a kdl run directory (no config.yaml); "
+                      "RUN= takes a directory under saved_models/<experiment>/")
     from kdl.config import ConfigError
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError
@@ -188,14 +209,24 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cartpole(args.out, steps=args.steps, seed=args.seed,
                                   episodes=args.episodes)
             return 0 if result["solved"] else 1
-        if args.command in ("export", "bench"):
+        if args.command in ("export", "bench", "evaluate"):
             return cmd_export(args)
         if args.command == "tune":
             from pipelines.config import load_config
             from pipelines.tune import tune
 
-            tune(load_config(args.recipe, args.overrides))
+            if args.workers < 0:
+                return _error(f"--workers must be >= 0 (got {args.workers})")
+            tune(load_config(args.recipe, args.overrides), workers=args.workers,
+                 worker=args.worker, recipe=args.recipe, overrides=args.overrides)
             return 0
+        if args.command == "tracking-server":
+            from pipelines.tracking_server import ServerError, serve
+
+            try:
+                return serve(args.dir, args.host, args.port)
+            except ServerError as e:
+                return _error(str(e))
         if args.command == "launch":
             from pipelines.config import load_config
             from pipelines.launch import launch

@@ -311,6 +311,16 @@ def _check_golden_ref(value, where: str, v: _Validation) -> None:
     _number(_require(value, "examples", where, int), f"{where}.examples", lo=1, integer=True)
 
 
+def _check_calibration(value, where: str, v: _Validation) -> None:
+    """Written by the evaluate stage: the temperature fitted on the validation split."""
+    _keys(value, where, ("temperature", "fitted_on", "apply"))
+    _number(_require(value, "temperature", where, (int, float)), f"{where}.temperature",
+            lo=0, lo_open=True, hi=1000)
+    for key in ("fitted_on", "apply"):
+        if key in value:
+            _kind(value[key], str, f"{where}.{key}")
+
+
 def _check_how_to_run(value, where: str, v: _Validation) -> None:
     _kind(value, dict, where)  # prose for people; the checker follows the blocks above
 
@@ -322,6 +332,7 @@ CONTRACT_BLOCKS: dict[str, tuple[bool, Callable[[Any, str, _Validation], None]]]
     "labels": (False, _check_labels),
     "preprocessing": (False, _check_preprocessing),
     "how_to_run": (False, _check_how_to_run),
+    "calibration": (False, _check_calibration),
     "files": (True, _check_files),
     "golden": (False, _check_golden_ref),
 }

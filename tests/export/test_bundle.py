@@ -378,7 +378,22 @@ BAD_CONTRACTS = {
                               _raw_golden_text("12345.5", "1e999")(b)),
                    "1 of 18 values are not finite"),
     "ragged golden": (_golden(_set("inputs/0/data/1", [1.0])), "not a numeric array"),
+    "zero temperature": (_contract(_set("calibration", {"temperature": 0.0})), "must be > 0"),
+    "NaN temperature": (_contract(_set("calibration", {"temperature": float("nan")})),
+                        "NaN is not a JSON number"),
+    "text temperature": (_contract(_set("calibration", {"temperature": "1.5"})),
+                         "temperature: must be int or float, got str"),
+    "unknown calibration key": (_contract(_set("calibration", {"temperature": 1.5, "t": 1})),
+                                "unknown key(s) 't'"),
 }
+
+
+@pytest.mark.tf_only
+def test_calibration_block_is_accepted(good_bundle, tmp_path, capsys):
+    b = copy_bundle(good_bundle, tmp_path)
+    _contract(_set("calibration", {"temperature": 1.7, "fitted_on": "validation split",
+                                   "apply": "softmax(log(p) / temperature)"}))(b)
+    assert load_checker().main([str(b)]) == 0, capsys.readouterr().err
 
 
 @pytest.mark.tf_only

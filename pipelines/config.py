@@ -148,10 +148,10 @@ class EvaluateConfig:
 class BenchConfig:
     threads: list[int] = field(default_factory=lambda: [1, 2])  # LiteRT (XNNPACK) threads
     # Sized so that bench stays under 15% of the default `make run` (docs/performance.md).
-    budget_s: float = 0.25  # timed seconds per row at batch 1 (more while the median drifts)
+    budget_s: float = 0.1  # timed seconds per row at batch 1 (more while the median drifts)
     min_reps: int = 30  # timed calls per row at least
     batch: int = 32  # throughput batch size; 0 skips throughput
-    throughput_budget_s: float = 0.15
+    throughput_budget_s: float = 0.05
 
 
 @dataclass

@@ -73,6 +73,9 @@ class DataConfig:
     # channel/feature to [-1, 1] by its training min and max (a tanh generator's range);
     # False: as loaded.
     normalize: Literal[True, False, "standardize", "symmetric"] = True
+    # Examples holding NaN/inf: "error" refuses the data (how many, where); "drop" drops
+    # them, counted per split in preprocessing.json and the train stage's figures.
+    nonfinite: Literal["error", "drop"] = "error"
     batch_size: int = 64
     text: str | None = None  # text_csv: the text column (data.target is the label column)
     # Image files (image_folder, image_csv, shapes; docs/images.md): the model's input size,
@@ -444,6 +447,10 @@ def _check_distribution(train: TrainConfig, batch_size: int) -> None:
     message = check_distribution(train.distribution, batch_size)
     if message:
         raise ConfigError(message)
+    if train.distribution.kind != "none" and train.checkpoint:
+        raise ConfigError("train.checkpoint (resume) is not supported under "
+                          "train.distribution yet: set train.checkpoint=false or "
+                          "train.distribution.kind=none")
     if train.distribution.kind != "none" and train.transfer.phases:
         raise ConfigError("train.distribution covers one fit: train.transfer.phases are not "
                           "distributed; set train.distribution.kind=none or drop the phases")

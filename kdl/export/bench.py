@@ -116,11 +116,11 @@ class BenchSettings:
     warmup: int = 10
     warmup_s: float = 0.05
     min_reps: int = 30
-    budget_s: float = 0.25
+    budget_s: float = 0.1
     max_reps: int = 100_000
     max_drift: float = 0.05
     batch: int = 32
-    throughput_budget_s: float = 0.15
+    throughput_budget_s: float = 0.05
 
     def __post_init__(self):
         if self.min_reps < 2 or self.max_reps < self.min_reps:

@@ -70,14 +70,18 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage("QAT, TFLite fp32/int8 variants, the compression report",
                       {**_NEEDS_TRAINED,
                        "prune": "after prune (QAT keeps the pruning masks)"}),
-    "export": Stage("every configured format, verified against the Keras model; the bundle"),
+    "export": Stage("every configured format, verified against the Keras model; the bundle",
+                    {**_NEEDS_TRAINED,
+                     **{s: f"exports what {s} made: put it after {s}"
+                        for s in ("distill", "prune", "quantize")}}),
     "evaluate": Stage("per-class metrics of every model that runs here, calibration, "
                       "explanations, robustness, fairness",
                       {**_NEEDS_TRAINED,
                        "export": "after export (it scores the exported files and writes "
                                  "the temperature into the bundle)",
                        "quantize": "after quantize (it scores the compressed models)"}),
-    "bench": Stage("latency, throughput, size and memory of the exported files"),
+    "bench": Stage("latency, throughput, size and memory of the exported files",
+                   {"export": "measures the exported files: put it after export"}),
 }
 
 

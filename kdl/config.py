@@ -73,6 +73,9 @@ class DataConfig:
     # channel/feature to [-1, 1] by its training min and max (a tanh generator's range);
     # False: as loaded.
     normalize: Literal[True, False, "standardize", "symmetric"] = True
+    # Examples holding NaN/inf: "error" refuses the data (how many, where); "drop" drops
+    # them, counted per split in preprocessing.json and the train stage's figures.
+    nonfinite: Literal["error", "drop"] = "error"
     batch_size: int = 64
     # Image files (image_folder, image_csv, shapes; docs/images.md): the model's input size,
     # colour, resize method and aspect-ratio policy; a tf.data file cache of the decoded

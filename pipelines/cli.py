@@ -8,12 +8,16 @@ reported in one line without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import os
 import signal
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (CUDA look-ups, oneDNN and CPU-feature notices) are
+# hidden unless --verbose: a one-line error is then the only thing on stderr.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,7 +124,7 @@ def cmd_list() -> int:
 
 def cmd_run(args) -> int:
     from pipelines import toolkit
-    from pipelines.config import STAGES, load_config
+    from pipelines.config import check_stages, load_config, validate
     from pipelines.run import continue_run, run_pipeline, summary_table
 
     stages = args.stages.split(",") if args.stages else None
@@ -128,6 +132,8 @@ def cmd_run(args) -> int:
         if args.recipe or args.overrides:
             return _error("--resume takes the run directory, not a recipe or --set "
                           "(the run's config is reused)")
+        if stages:
+            check_stages(stages)
         run_dir, results, tracker = continue_run(args.resume, stages, resume=True)
         print()
         print(summary_table(run_dir, results, tracker))
@@ -138,9 +144,9 @@ def cmd_run(args) -> int:
     if args.sanity and not toolkit.sanity(cfg):
         print("\nFAILED: sanity check (overfit one batch); not training", file=sys.stderr)
         return 1
-    unknown = [s for s in stages or () if s not in STAGES]
-    if unknown:
-        return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    if stages:  # the recipe's rules, before any work; config.yaml records them (--resume)
+        cfg = dataclasses.replace(cfg, stages=stages)
+        validate(cfg)
     from kdl.backend.distribution import setup
 
     try:  # joins the other processes of a distributed run; before any other device use
@@ -149,7 +155,7 @@ def cmd_run(args) -> int:
         return _error(str(e))
     # a launcher (or scheduler) stops this process with SIGTERM: end the MLflow run FAILED
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    run_dir, results, tracker = run_pipeline(cfg, stages, dist=dist)
+    run_dir, results, tracker = run_pipeline(cfg, dist=dist)
     if not dist.is_chief:
         print(f"process {dist.process_id} of {dist.num_processes}: trained "
               f"{results['train'].get('epochs')} epoch(s); process 0 writes the run")
@@ -169,7 +175,13 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command_line = argv is None  # the real CLI (not main([...]) inside another program)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:  # TensorFlow's and absl's own logging back on
+        argv.remove("--verbose")
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif command_line:
+        _quiet()
     if argv[:1] == ["predict"]:  # its own parser, before any kdl import (no Keras, no TF)
         from pipelines.predict import main as predict_main
 
@@ -248,3 +260,58 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.errno not in OS_ERRORS:
+            raise
+        return _error(os_error_message(e))
+
+
+# Errors of the machine, not of kdl: one line, exit 2 (docs/errors.md).
+OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_message(e: OSError) -> str:
+    """"no space left" (which path, how much is free) / "permission denied" (which path)."""
+    import shutil
+
+    path = e.filename or getattr(e, "kdl_path", None)
+    where = f" writing {path}" if path else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        free = ""
+        probe = Path(path) if path else Path.cwd()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = f" ({shutil.disk_usage(probe).free:,} bytes free on {probe})"
+        except OSError:
+            pass
+        what = "file size limit reached" if e.errno == errno.EFBIG else "no space left on device"
+        return f"{what}{where}{free}: free space or set output_dir=<a larger disk>"
+    what = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+    return f"{what}{where}: make it writable or set output_dir=<a writable directory>"
+
+
+def _quiet() -> None:
+    """Native libraries' stderr (absl/XLA/TensorFlow C++ lines written before their logging
+    starts, which TF_CPP_MIN_LOG_LEVEL does not reach) goes to a scratch file, while
+    Python's `sys.stderr` (our errors, warnings, tracebacks) keeps the real stderr; the
+    absl/TensorFlow/MLflow Python loggers go to ERROR/WARNING. `--verbose` keeps it all."""
+    import logging
+    import tempfile
+
+    if not hasattr(sys.stderr, "fileno"):
+        return
+    try:
+        fd = sys.stderr.fileno()
+        sys.stderr.flush()
+        real = os.dup(fd)
+    except (OSError, ValueError):  # not a real file (pytest capture, IDE console)
+        return
+    scratch = tempfile.TemporaryFile(prefix="kdl-native-stderr-")
+    os.dup2(scratch.fileno(), fd)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding,
+                           errors="backslashreplace")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its store-migration notices
+    for name in ("absl", "tensorflow", "h5py", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return predict_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "launch" and args.processes < 1:  # before any import starts a backend
+        return _error(f"--processes must be >= 1 (got {args.processes})")
+    if args.command == "tune" and args.workers < 0:
+        return _error(f"--workers must be >= 0 (got {args.workers})")
     if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
         from pipelines.verify_bundle import main as verify_main
 
@@ -227,8 +231,6 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.config import load_config
             from pipelines.tune import tune
 
-            if args.workers < 0:
-                return _error(f"--workers must be >= 0 (got {args.workers})")
             tune(load_config(args.recipe, args.overrides), workers=args.workers,
                  worker=args.worker, recipe=args.recipe, overrides=args.overrides)
             return 0
@@ -243,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.config import load_config
             from pipelines.launch import launch
 
-            if args.processes < 1:
-                return _error(f"--processes must be >= 1 (got {args.processes})")
             load_config(args.recipe, args.overrides)  # bad input: one line, before any process
             return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":

@@ -29,7 +29,7 @@ from pipelines.config import (
     to_dict,
 )
 from pipelines.stages.common import Context, StageFailed, check_model_takes_data
-from pipelines.tracking import Tracker, environment_tags
+from pipelines.tracking import Tracker, environment_tags, run_label, strip_credentials
 
 __all__ = ["Context", "StageFailed", "continue_run", "run_pipeline", "run_stages",
            "summary_table"]
@@ -98,10 +98,12 @@ def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=pri
     state: dict[str, Any] = {"callbacks": list(callbacks)}
     if "train" in stages:  # bad data or a model that cannot take it: before anything exists
         state["splits"] = check_model_takes_data(cfg)
+    if cfg.tracking.uri:  # its user:password never reaches a file, a param or the screen
+        cfg.tracking.uri = strip_credentials(cfg.tracking.uri)
     run_dir = new_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
     tracker = Tracker(cfg.tracking, cfg.name)
-    tags = {**environment_tags(), "recipe": cfg.name, "run_dir": str(run_dir)}
+    tags = {**environment_tags(), "recipe": cfg.name, "run_dir": run_label(run_dir)}
     tracker.start(run_dir.name, tags)
     tracker.log_params({**flatten(to_dict(cfg)), **dist.params()})
     atomic_write_json(run_dir / "run.json", {"mlflow_run_id": tracker.parent_id,

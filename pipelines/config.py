@@ -20,6 +20,7 @@ from kdl.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
+    TokenizerConfig,
     TrainConfig,
     check_column,
     check_name,
@@ -70,14 +71,18 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage("QAT, TFLite fp32/int8 variants, the compression report",
                       {**_NEEDS_TRAINED,
                        "prune": "after prune (QAT keeps the pruning masks)"}),
-    "export": Stage("every configured format, verified against the Keras model; the bundle"),
+    "export": Stage("every configured format, verified against the Keras model; the bundle",
+                    {**_NEEDS_TRAINED,
+                     **{s: f"exports what {s} made: put it after {s}"
+                        for s in ("distill", "prune", "quantize")}}),
     "evaluate": Stage("per-class metrics of every model that runs here, calibration, "
                       "explanations, robustness, fairness",
                       {**_NEEDS_TRAINED,
                        "export": "after export (it scores the exported files and writes "
                                  "the temperature into the bundle)",
                        "quantize": "after quantize (it scores the compressed models)"}),
-    "bench": Stage("latency, throughput, size and memory of the exported files"),
+    "bench": Stage("latency, throughput, size and memory of the exported files",
+                   {"export": "measures the exported files: put it after export"}),
 }
 
 
@@ -144,10 +149,10 @@ class EvaluateConfig:
 class BenchConfig:
     threads: list[int] = field(default_factory=lambda: [1, 2])  # LiteRT (XNNPACK) threads
     # Sized so that bench stays under 15% of the default `make run` (docs/performance.md).
-    budget_s: float = 0.25  # timed seconds per row at batch 1 (more while the median drifts)
+    budget_s: float = 0.1  # timed seconds per row at batch 1 (more while the median drifts)
     min_reps: int = 30  # timed calls per row at least
     batch: int = 32  # throughput batch size; 0 skips throughput
-    throughput_budget_s: float = 0.15
+    throughput_budget_s: float = 0.05
 
 
 @dataclass
@@ -222,6 +227,7 @@ class ExperimentConfig:
     output_dir: str = "saved_models"
     stages: list[str] = field(default_factory=lambda: ["train", "export"])  # + "bench"
     data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -309,7 +315,7 @@ def experiment_dir(cfg: ExperimentConfig) -> Path:
 
 def validate(cfg: ExperimentConfig) -> None:
     """The library's checks of data/model/train, then the experiment's."""
-    validate_sections(cfg.data, cfg.model, cfg.train)
+    validate_sections(cfg.data, cfg.model, cfg.train, cfg.tokenizer)
     check_stages(cfg.stages)
     _check_export(cfg.export)
     _check_evaluate(cfg)

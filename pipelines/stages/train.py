@@ -14,14 +14,19 @@ from kdl.models import build_model
 from kdl.registry import MODELS
 from kdl.transfer import load_backbone, with_head
 from pipelines import plots, toolkit
-from pipelines.stages.common import Context, StageFailed, load_data, save_model
+from pipelines.stages.common import Context, StageFailed, load_data, model_params, save_model
 
 
 def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     policy = training.prepare(cfg.train)
-    splits = load_data(cfg, run_dir / "cache")
+    splits = ctx.state.get("splits") or load_data(cfg, run_dir / "cache")  # (preflight's)
     ctx.state["splits"] = splits
+    if splits.dropped:  # data.nonfinite=drop: counted, reported
+        print(f"data: dropped {sum(splits.dropped.values())} examples holding NaN or inf "
+              f"({', '.join(f'{k} {v}' for k, v in splits.dropped.items())})")
+        tracker.log_metrics({f"data/nonfinite_dropped_{k}": v
+                             for k, v in splits.dropped.items()})
     if splits.files_report is not None:  # image files: what was read, what was skipped
         report = splits.files_report
         atomic_write_json(run_dir / "data_report.json", report)
@@ -31,6 +36,15 @@ def run(ctx: Context) -> dict:
         if report["skipped"]:
             print(f"data: skipped {report['skipped']} unusable file(s) of {report['root']} "
                   f"(listed in {run_dir / 'data_report.json'})")
+    text_report = splits.info.get("data_report")
+    if text_report:  # texts: rows dropped (empty, no label) or repaired (non-UTF-8 bytes)
+        atomic_write_json(run_dir / "data_report.json", text_report)
+        tracker.log_artifact(run_dir / "data_report.json")
+        tracker.log_metrics({f"data/{k}": float(v) for k, v in text_report.items()})
+        fixed = {k: v for k, v in text_report.items() if k not in ("rows", "examples") and v}
+        if fixed:
+            print(f"data: {text_report['examples']} of {text_report['rows']} rows used; "
+                  + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in fixed.items()))
     if splits.augment is not None:  # one augmented training batch, to look at
         plots.image_batch(make_tf_dataset(splits.train, 32, shuffle=True, seed=cfg.data.seed,
                                           augment=splits.augment),
@@ -39,7 +53,8 @@ def run(ctx: Context) -> dict:
     atomic_write_json(run_dir / "preprocessing.json", {
         "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
         "task": splits.task, "label_names": splits.label_names,
-        "data_fingerprint": splits.fingerprint, "data_info": splits.info})
+        "data_fingerprint": splits.fingerprint, "data_info": splits.info,
+        "nonfinite_dropped": splits.dropped})
     tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
 
     dist = ctx.state.get("distribution") or Distributed()
@@ -52,7 +67,8 @@ def run(ctx: Context) -> dict:
             model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
         else:
             model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                                task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+                                task=splits.task, preset=cfg.model.preset,
+                                **model_params(cfg, splits))
         steps = math.ceil(len(splits.train) / cfg.data.batch_size)
         training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
         dist.check_layout(model)

@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary path beside the target, then rename.
 
 A crash or an error mid-write never leaves a half-written file or directory
-where a finished one is expected.
+where a finished one is expected. Files get the mode any other new file gets
+(0666 less the process umask), not `mkstemp`'s private 0600.
 """
 
 from __future__ import annotations
@@ -16,11 +17,25 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux), else by set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)

@@ -21,7 +21,7 @@ def run_cartpole(out: Path, *, steps: int = 50_000, seed: int = 0, episodes: int
 
     from kdl.io import atomic_write_json
     from kdl.models.dqn import evaluate_policy, train_cartpole
-    from pipelines.stages.train import save_model
+    from pipelines.stages.common import save_model
 
     if steps < 1 or episodes < 1:
         raise ValueError("--steps and --episodes must be >= 1")

@@ -8,11 +8,16 @@ reported in one line without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import os
+import signal
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (CUDA look-ups, oneDNN and CPU-feature notices) are
+# hidden unless --verbose: a one-line error is then the only thing on stderr.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,10 +41,27 @@ def _parser() -> argparse.ArgumentParser:
     lrf.add_argument("--min-lr", type=float, default=1e-6)
     lrf.add_argument("--max-lr", type=float, default=1.0)
     lrf.add_argument("--steps", type=int, default=100)
+    lau = sub.add_parser("launch", help="train one run with N local processes (multi-process "
+                         "distribution on 127.0.0.1; docs/scale.md)")
+    lau.add_argument("recipe")
+    lau.add_argument("--processes", type=int, required=True, metavar="N")
+    lau.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config value (every process)")
+    lau.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
+    srv = sub.add_parser("tracking-server", help="a team's MLflow server: PostgreSQL store, "
+                         "proxied artifacts, on 127.0.0.1 (docs/scale.md); Ctrl-C stops it")
+    srv.add_argument("--dir", type=Path, default=Path(".tracking-server"),
+                     help="PostgreSQL data, artifacts and logs (default .tracking-server/)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=5000)
     tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
     tun.add_argument("recipe")
     tun.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value, e.g. tune.trials=8")
+    tun.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="run the trials in N local processes sharing the study "
+                     "(tune.storage, e.g. postgresql://...)")
+    tun.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("list", help="list recipes, models, datasets, schedules and formats")
     export = sub.add_parser("export", help="export and verify an earlier run directory")
     export.add_argument("run_dir", type=Path)
@@ -52,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override the run's config, e.g. "
                        "bench.threads=[1,4] bench.budget_s=2")
+    evaluate = sub.add_parser("evaluate", help="evaluate an earlier run directory: per-class "
+                              "metrics of the Keras model and its exported files, calibration, "
+                              "explanations, robustness, fairness (evaluation/report.md)")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override the run's config, e.g. "
+                          "evaluate.robustness_examples=500 evaluate.sensitive=group")
     verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
                             "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
     verify.add_argument("bundle_dir", type=Path)
@@ -76,12 +105,9 @@ def _error(message: str) -> int:
 
 
 def cmd_list() -> int:
-    import kdl.data  # noqa: F401
-    import kdl.models  # noqa: F401
-    import kdl.schedules  # noqa: F401
-    from kdl.config import available_recipes
     from kdl.export import FORMATS
     from kdl.registry import DATASETS, MODELS, SCHEDULES
+    from pipelines.config import available_recipes
 
     print("recipes:  " + ", ".join(available_recipes()))
     for title, registry in (("models", MODELS), ("datasets", DATASETS),
@@ -97,16 +123,18 @@ def cmd_list() -> int:
 
 
 def cmd_run(args) -> int:
-    from kdl.config import load_config
     from pipelines import toolkit
-    from pipelines.run import run_pipeline, summary_table
+    from pipelines.config import check_stages, load_config, validate
+    from pipelines.run import continue_run, run_pipeline, summary_table
 
+    stages = args.stages.split(",") if args.stages else None
     if args.resume is not None:
         if args.recipe or args.overrides:
             return _error("--resume takes the run directory, not a recipe or --set "
                           "(the run's config is reused)")
-        run_dir, results, tracker = toolkit.resume(
-            args.resume, args.stages.split(",") if args.stages else None)
+        if stages:
+            check_stages(stages)
+        run_dir, results, tracker = continue_run(args.resume, stages, resume=True)
         print()
         print(summary_table(run_dir, results, tracker))
         return 0
@@ -116,61 +144,66 @@ def cmd_run(args) -> int:
     if args.sanity and not toolkit.sanity(cfg):
         print("\nFAILED: sanity check (overfit one batch); not training", file=sys.stderr)
         return 1
-    stages = args.stages.split(",") if args.stages else None
-    if stages:
-        from kdl.config import STAGES
+    if stages:  # the recipe's rules, before any work; config.yaml records them (--resume)
+        cfg = dataclasses.replace(cfg, stages=stages)
+        validate(cfg)
+    from kdl.backend.distribution import setup
 
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown:
-            return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
-    run_dir, results, tracker = run_pipeline(cfg, stages)
+    try:  # joins the other processes of a distributed run; before any other device use
+        dist = setup(cfg.train.distribution)
+    except ValueError as e:
+        return _error(str(e))
+    # a launcher (or scheduler) stops this process with SIGTERM: end the MLflow run FAILED
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    run_dir, results, tracker = run_pipeline(cfg, dist=dist)
+    if not dist.is_chief:
+        print(f"process {dist.process_id} of {dist.num_processes}: trained "
+              f"{results['train'].get('epochs')} epoch(s); process 0 writes the run")
+        return 0
     print()
     print(summary_table(run_dir, results, tracker))
     return 0
 
 
 def cmd_export(args) -> int:
-    from kdl.config import from_dict, merge_override, parse_override, to_dict, validate, yaml_load
-    from pipelines.run import Context, run_stages, summary_table
-    from pipelines.tracking import Tracker
+    """`export|bench|evaluate RUN_DIR`: that one stage again in an earlier run."""
+    from pipelines.run import continue_run, summary_table
 
-    run_dir = args.run_dir.resolve()
-    if not (run_dir / "config.yaml").is_file():
-        return _error(f"{run_dir} is not a kdl run directory (no config.yaml); "
-                      "RUN= takes a directory under saved_models/<experiment>/")
-    data = to_dict(from_dict(yaml_load((run_dir / "config.yaml").read_text())))
-    for text in args.overrides:
-        merge_override(data, *parse_override(text))
-    cfg = from_dict(data)
-    validate(cfg)
-    tracker = Tracker(cfg.tracking, cfg.name)
-    run_info = run_dir / "run.json"
-    parent = None
-    if run_info.is_file():
-        import json
-
-        parent = json.loads(run_info.read_text()).get("mlflow_run_id")
-    tracker.start(run_dir.name, {}, parent_id=parent)
-    results = run_stages(Context(cfg, run_dir, tracker), [args.command])  # export | bench
+    run_dir, results, tracker = continue_run(args.run_dir, [args.command], args.overrides)
     print(summary_table(run_dir, results, tracker))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    command_line = argv is None  # the real CLI (not main([...]) inside another program)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:  # TensorFlow's and absl's own logging back on
+        argv.remove("--verbose")
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif command_line:
+        _quiet()
     if argv[:1] == ["predict"]:  # its own parser, before any kdl import (no Keras, no TF)
         from pipelines.predict import main as predict_main
 
         return predict_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "launch" and args.processes < 1:  # before any import starts a backend
+        return _error(f"--processes must be >= 1 (got {args.processes})")
+    if args.command == "tune" and args.workers < 0:
+        return _error(f"--workers must be >= 0 (got {args.workers})")
     if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
         from pipelines.verify_bundle import main as verify_main
 
         return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
+    if args.command in ("export", "bench", "evaluate") and not (
+            args.run_dir / "config.yaml").is_file():  # before Keras and TensorFlow start
+        return _error(f"{args.run_dir.resolve()} is not a kdl run directory (no config.yaml); "
+                      "RUN= takes a directory under saved_models/<experiment>/")
     from kdl.config import ConfigError
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError
     from kdl.registry import UnknownNameError
+    from pipelines.run import StageFailed
 
     try:
         if args.command == "list":
@@ -178,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             import yaml
 
-            from kdl.config import ExperimentConfig, to_dict
+            from pipelines.config import ExperimentConfig, to_dict
 
             print(yaml.safe_dump(to_dict(ExperimentConfig()), sort_keys=False))
             return 0
@@ -192,17 +225,31 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cartpole(args.out, steps=args.steps, seed=args.seed,
                                   episodes=args.episodes)
             return 0 if result["solved"] else 1
-        if args.command in ("export", "bench"):
+        if args.command in ("export", "bench", "evaluate"):
             return cmd_export(args)
         if args.command == "tune":
-            from kdl.config import load_config
+            from pipelines.config import load_config
             from pipelines.tune import tune
 
-            tune(load_config(args.recipe, args.overrides))
+            tune(load_config(args.recipe, args.overrides), workers=args.workers,
+                 worker=args.worker, recipe=args.recipe, overrides=args.overrides)
             return 0
+        if args.command == "tracking-server":
+            from pipelines.tracking_server import ServerError, serve
+
+            try:
+                return serve(args.dir, args.host, args.port)
+            except ServerError as e:
+                return _error(str(e))
+        if args.command == "launch":
+            from pipelines.config import load_config
+            from pipelines.launch import launch
+
+            load_config(args.recipe, args.overrides)  # bad input: one line, before any process
+            return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":
-            from kdl.config import load_config
             from pipelines import toolkit
+            from pipelines.config import load_config
 
             toolkit.lr_find(load_config(args.recipe, args.overrides), min_lr=args.min_lr,
                             max_lr=args.max_lr, num_steps=args.steps)
@@ -210,10 +257,61 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     except (ConfigError, DataError, ExportFileError, UnknownNameError, FileNotFoundError) as e:
         return _error(str(e))
-    except Exception as e:
-        from pipelines.run import StageFailed
+    except StageFailed as e:
+        print(f"\nFAILED: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in OS_ERRORS:
+            raise
+        return _error(os_error_message(e))
 
-        if isinstance(e, StageFailed):
-            print(f"\nFAILED: {e}", file=sys.stderr)
-            return 1
-        raise
+
+# Errors of the machine, not of kdl: one line, exit 2 (docs/errors.md).
+OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_message(e: OSError) -> str:
+    """"no space left" (which path, how much is free) / "permission denied" (which path)."""
+    import shutil
+
+    path = e.filename or getattr(e, "kdl_path", None)
+    where = f" writing {path}" if path else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        free = ""
+        probe = Path(path) if path else Path.cwd()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = f" ({shutil.disk_usage(probe).free:,} bytes free on {probe})"
+        except OSError:
+            pass
+        what = "file size limit reached" if e.errno == errno.EFBIG else "no space left on device"
+        return f"{what}{where}{free}: free space or set output_dir=<a larger disk>"
+    what = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+    return f"{what}{where}: make it writable or set output_dir=<a writable directory>"
+
+
+def _quiet() -> None:
+    """Native libraries' stderr (absl/XLA/TensorFlow C++ lines written before their logging
+    starts, which TF_CPP_MIN_LOG_LEVEL does not reach) goes to a scratch file, while
+    Python's `sys.stderr` (our errors, warnings, tracebacks) keeps the real stderr; the
+    absl/TensorFlow/MLflow Python loggers go to ERROR/WARNING. `--verbose` keeps it all."""
+    import logging
+    import tempfile
+
+    if not hasattr(sys.stderr, "fileno"):
+        return
+    try:
+        fd = sys.stderr.fileno()
+        sys.stderr.flush()
+        real = os.dup(fd)
+    except (OSError, ValueError):  # not a real file (pytest capture, IDE console)
+        return
+    scratch = tempfile.TemporaryFile(prefix="kdl-native-stderr-")
+    os.dup2(scratch.fileno(), fd)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding,
+                           errors="backslashreplace")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its store-migration notices
+    for name in ("absl", "tensorflow", "h5py", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -67,6 +67,8 @@ def export_and_verify(request: dict[str, Any]) -> dict[str, Any]:
         report["passed"] = all(r["passed"] for r in report["formats"].values())
     except (ExportError, ExportFileError, ValueError) as e:
         report["error"] = str(e)
+        if getattr(e, "details", None):  # the converter crashed: ConverterCrash.details
+            report["crash"] = e.details
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "report.json", report)
     return report

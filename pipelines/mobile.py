@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kdl.export.bundle import replace_dir, write_bundle
+from pipelines.tracking import run_label
 
 CANDIDATE_ALIAS = "candidate"
 
@@ -59,7 +60,7 @@ def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
     write_bundle(
         unverified, {f: export_dir / report["formats"][f]["file"] for f in formats}, raw,
         normalization=norm, label_names=splits.label_names, task=splits.task,
-        model_name=cfg.name, model_version=run_dir.name, source_run=str(run_dir),
+        model_name=cfg.name, model_version=run_dir.name, source_run=run_label(run_dir),
         reference_outputs=reference[:n],
         metadata={"mlflow_run_id": tracker.parent_id, "experiment": tracker.experiment,
                   "data_fingerprint": splits.fingerprint},
@@ -97,9 +98,52 @@ def image_preprocessing(cfg, splits, n: int):
     return image, pixels
 
 
+# The registry's promise, kept through a kill at any point (tests/export/test_registry_kill.py):
+# `candidate` points at a version only after that version's bundle was verified and its
+# artifacts logged, and never at an older version while a newer one is tagged
+# `verify_bundle=passed`. So a version is created `pending`, the alias moves (forward only),
+# and only then does the version become `passed`. A kill after the creation leaves a
+# `pending` version and the alias on the previous candidate; a kill after the alias move
+# leaves the candidate `pending`. The next registration of the model repairs both:
+# a pending candidate becomes `passed`, a pending version older than the candidate
+# `interrupted` (its bundle is complete but it never became the candidate).
+PENDING, PASSED, INTERRUPTED = "pending", "passed", "interrupted"
+
+
+def _alias_version(client, name: str) -> int:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client.get_model_version_by_alias(name, CANDIDATE_ALIAS).version)
+    except MlflowException:
+        return 0
+
+
+def repair_candidate(client, name: str) -> int:
+    """Completes what a killed registration left; returns the candidate version (0: none)."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    bundles = [mv for mv in versions if mv.tags.get("kind") == "mobile-bundle"]
+    passed = [int(mv.version) for mv in bundles if mv.tags.get("verify_bundle") == PASSED]
+    candidate = _alias_version(client, name)
+    if passed and max(passed) > candidate:  # a store written before this ordering
+        candidate = max(passed)
+        client.set_registered_model_alias(name, CANDIDATE_ALIAS, str(candidate))
+    for mv in bundles:
+        if mv.tags.get("verify_bundle") != PENDING:
+            continue
+        if int(mv.version) == candidate:
+            client.set_model_version_tag(name, mv.version, "verify_bundle", PASSED)
+        elif int(mv.version) < candidate:
+            client.set_model_version_tag(name, mv.version, "verify_bundle", INTERRUPTED)
+    return candidate
+
+
 def register_candidate(tracker, cfg, run_dir: Path, bundle_dir: Path,
                        formats: list[str]) -> str | None:
     """Logs the bundle, registers it as a model version, sets alias `candidate`.
+
+    The order keeps the registry consistent through a kill at any point (see
+    `PENDING` above): create `pending`, move the alias forward, tag `passed`.
 
     Returns:
         The registered version ("<name> v<N>"), or None when tracking or
@@ -119,12 +163,15 @@ def register_candidate(tracker, cfg, run_dir: Path, bundle_dir: Path,
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name)
+        repair_candidate(client, name)
         source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
-        tags = {"kind": "mobile-bundle", "verify_bundle": "passed",
+        tags = {"kind": "mobile-bundle", "verify_bundle": PENDING,
                 "source_run": tracker.parent_id or "", "export_run": run_id,
-                "run_dir": str(run_dir), "formats": ",".join(formats)}
+                "run_dir": run_label(run_dir), "formats": ",".join(formats)}
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-        client.set_registered_model_alias(name, CANDIDATE_ALIAS, mv.version)
+        if int(mv.version) > _alias_version(client, name):  # forward only: never back
+            client.set_registered_model_alias(name, CANDIDATE_ALIAS, mv.version)
+        client.set_model_version_tag(name, mv.version, "verify_bundle", PASSED)
         return f"{name} v{mv.version}"
 
     return tracker._safe("register bundle", _register)

@@ -1,63 +1,60 @@
-"""Run a recipe's stages in order, in a new run directory, under one MLflow parent run."""
+"""The run lifecycle: start a run, or reopen one (export, bench, resume); run stages in it.
+
+A run is a directory (`<output_dir>/<experiment>/<timestamp>-<backend>-<random>`)
+holding `config.yaml` and `run.json` (its MLflow parent run), under one MLflow
+parent run with a nested run per stage. `run_pipeline` starts one;
+`continue_run` reopens one (its config, with `--set` overrides; its parent run)
+to run more stages in it. Either way the parent run ends FINISHED or FAILED.
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
 import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from kdl.config import ExperimentConfig, flatten, save_config, to_dict
 from kdl.io import atomic_write_json
-from pipelines.tracking import PROJECT_ROOT, Tracker, environment_tags
+from pipelines import toolkit
+from pipelines.config import (
+    ExperimentConfig,
+    experiment_dir,
+    flatten,
+    load_run_config,
+    save_config,
+    to_dict,
+)
+from pipelines.stages.common import Context, StageFailed, check_model_takes_data
+from pipelines.tracking import Tracker, environment_tags, run_label, strip_credentials
+
+__all__ = ["Context", "StageFailed", "continue_run", "run_pipeline", "run_stages",
+           "summary_table"]
 
 
-class StageFailed(RuntimeError):
-    """A stage that ran and failed (diverged, missed a threshold). Exit code 1."""
-
-
-@dataclass
-class Context:
-    """What a stage gets: the config, its run directory, the tracker, shared state."""
-
-    cfg: ExperimentConfig
-    run_dir: Path
-    tracker: Tracker
-    state: dict[str, Any] = field(default_factory=dict)
-
-
-def stage_functions():
-    from pipelines.stages import bench, distill, export, prune, quantize, train
-
-    return {"train": train.run, "distill": distill.run, "prune": prune.run,
-            "quantize": quantize.run, "export": export.run, "bench": bench.run}
-
-
-def output_root(cfg: ExperimentConfig) -> Path:
-    root = Path(cfg.output_dir)
-    return root if root.is_absolute() else PROJECT_ROOT / root
+def stage_function(name: str):
+    """`run(ctx)` of `pipelines/stages/<name>.py`, a stage of `pipelines.config.STAGES`."""
+    return importlib.import_module(f"pipelines.stages.{name}").run
 
 
 def new_run_dir(cfg: ExperimentConfig) -> Path:
     """`<output_dir>/<experiment>/<timestamp>-<backend>-<random>`; never an existing one."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{keras.backend.backend()}-{secrets.token_hex(2)}"
-    path = output_root(cfg) / (cfg.tracking.experiment or cfg.name) / name
+    path = experiment_dir(cfg) / f"{stamp}-{keras.backend.backend()}-{secrets.token_hex(2)}"
     path.mkdir(parents=True, exist_ok=False)
     return path
 
 
 def run_stages(ctx: Context, stages: list[str], log=print) -> dict[str, dict[str, Any]]:
     """Run `stages` in order; each in its own nested MLflow run. Returns their summaries."""
-    funcs = stage_functions()
     results: dict[str, dict[str, Any]] = {}
     for name in stages:
         start = time.perf_counter()
         with ctx.tracker.stage(name):
-            results[name] = funcs[name](ctx)
+            results[name] = stage_function(name)(ctx)
         seconds = time.perf_counter() - start
         line = ", ".join(f"{k}={_fmt(v)}" for k, v in results[name].items()
                          if isinstance(v, int | float | str))
@@ -65,35 +62,113 @@ def run_stages(ctx: Context, stages: list[str], log=print) -> dict[str, dict[str
     return results
 
 
+def _run_tracked(ctx: Context, stages: list[str], log) -> dict[str, dict[str, Any]]:
+    """`run_stages`, then the parent run ends FINISHED, or FAILED if a stage raised."""
+    try:
+        results = run_stages(ctx, stages, log)
+    except BaseException as e:
+        ctx.tracker.end("FAILED")
+        if isinstance(e, OSError) and not e.filename:  # a full disk: say where (cli)
+            e.kdl_path = str(ctx.run_dir)
+        raise
+    ctx.tracker.end("FINISHED")
+    return results
+
+
 def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=print,
-                 callbacks: list[keras.callbacks.Callback] = ()
+                 callbacks: list[keras.callbacks.Callback] = (), dist=None
                  ) -> tuple[Path, dict[str, dict[str, Any]], Tracker]:
     """Train/export/... as the recipe says. Raises StageFailed on a failed stage.
 
     `callbacks` are extra Keras callbacks for the train stage's `fit`.
     The run directory and everything written to it stay on failure; the MLflow
     parent run is then marked FAILED.
+
+    `dist` is the `kdl.backend.distribution.setup` of `cfg.train.distribution`
+    (made here when None). Of several processes only process 0 writes the run
+    directory and tracks; the others train (their part of every batch) in a
+    scratch directory that is removed, untracked, and stop after `fit`.
     """
+    from kdl.backend import distribution
+
     stages = stages or cfg.stages
+    dist = dist or distribution.setup(cfg.train.distribution)
+    if not dist.is_chief:
+        return _run_worker(cfg, dist, callbacks)
+    state: dict[str, Any] = {"callbacks": list(callbacks)}
+    if "train" in stages:  # bad data or a model that cannot take it: before anything exists
+        state["splits"] = check_model_takes_data(cfg)
+    if cfg.tracking.uri:  # its user:password never reaches a file, a param or the screen
+        cfg.tracking.uri = strip_credentials(cfg.tracking.uri)
     run_dir = new_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
     tracker = Tracker(cfg.tracking, cfg.name)
-    tags = {**environment_tags(), "recipe": cfg.name, "run_dir": str(run_dir)}
+    tags = {**environment_tags(), "recipe": cfg.name, "run_dir": run_label(run_dir)}
     tracker.start(run_dir.name, tags)
-    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.log_params({**flatten(to_dict(cfg)), **dist.params()})
     atomic_write_json(run_dir / "run.json", {"mlflow_run_id": tracker.parent_id,
                                              "tracking_uri": tracker.uri,
                                              "experiment": tracker.experiment,
                                              "backend": keras.backend.backend()})
     log(f"run directory: {run_dir}")
-    ctx = Context(cfg, run_dir, tracker, {"callbacks": list(callbacks)})
+    ctx = Context(cfg, run_dir, tracker, {**state, "distribution": dist})
+    return run_dir, _run_tracked(ctx, stages, log), tracker
+
+
+def reopen(run_dir: Path, overrides: list[str] = ()
+           ) -> tuple[ExperimentConfig, Path, str | None]:
+    """An earlier run: its config (with `overrides`), resolved directory, MLflow parent id."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a kdl run directory (no config.yaml); "
+                                "RUN= takes a directory under saved_models/<experiment>/")
+    cfg = load_run_config(run_dir / "config.yaml", overrides)
+    info = run_dir / "run.json"
+    parent = json.loads(info.read_text()).get("mlflow_run_id") if info.is_file() else None
+    return cfg, run_dir, parent
+
+
+def continue_run(run_dir: Path, stages: list[str] | None = None, overrides: list[str] = (),
+                 *, resume: bool = False, log=print
+                 ) -> tuple[Path, dict[str, dict[str, Any]], Tracker]:
+    """Run `stages` (default: the run's own) again in an earlier run directory.
+
+    Under the run's MLflow parent run when it has one (else a new parent run),
+    which ends FINISHED or FAILED like a new run's. `resume=True` continues
+    training from `checkpoints/latest` and refuses, before any work, a run
+    without checkpoints.
+    """
+    cfg, run_dir, parent = reopen(run_dir, overrides)
+    stages = stages or cfg.stages
+    state = {"resume": True} if resume else {}
+    if resume and "train" in stages:  # fail before any work when there is nothing to resume
+        toolkit.checkpoint_dir(Context(cfg, run_dir, None, state=state))
+    tracker = Tracker(cfg.tracking, cfg.name)
+    if resume:
+        tracker.start(f"{run_dir.name}-resumed", {"resumed_from": run_dir.name},
+                      parent_id=parent)
+        log(f"resuming {run_dir}")
+    else:
+        tracker.start(run_dir.name, {}, parent_id=parent)
+    return run_dir, _run_tracked(Context(cfg, run_dir, tracker, state), stages, log), tracker
+
+
+def _run_worker(cfg: ExperimentConfig, dist, callbacks) -> tuple[Path, dict, Tracker]:
+    """Process k > 0 of a distributed run: the train stage's `fit`, nothing written, no MLflow."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from pipelines.stages import train
+
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
+    scratch = Path(tempfile.mkdtemp(prefix=f"kdl-process{dist.process_id}-"))
+    tracker = Tracker(cfg.tracking, cfg.name)
+    ctx = Context(cfg, scratch, tracker, {"callbacks": list(callbacks), "distribution": dist})
     try:
-        results = run_stages(ctx, stages, log)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    return run_dir, results, tracker
+        return scratch, {"train": train.run(ctx)}, tracker
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fmt(v: Any) -> str:

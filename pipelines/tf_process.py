@@ -17,3 +17,4 @@ def run_module(module: str, request: dict[str, Any], workdir: Path) -> subproces
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, "-m", module, str(path)], env=env,
                           capture_output=True, text=True)
+

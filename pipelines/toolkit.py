@@ -1,4 +1,4 @@
-"""Pipeline glue for the training toolkit: resume, sanity check, LR finder, callbacks.
+"""Pipeline glue for the training toolkit: checkpoints, sanity check, LR finder, callbacks.
 
 Thin over `kdl` (docs/training.md): each function takes the resolved config
 and does one thing.
@@ -6,20 +6,28 @@ and does one thing.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import keras
 
-from kdl.config import ExperimentConfig
+from kdl import training
+from kdl.callbacks import GradientStats
+from kdl.callbacks.checkpoint import latest_checkpoint
+from kdl.io import atomic_write_json
+from kdl.lr_find import lr_find as sweep
+from kdl.lr_find import plot_lr_find
+from kdl.models import build_model
+from kdl.registry import CALLBACKS
+from kdl.sanity import overfit_one_batch
+from kdl.schedules import plot_schedule
+from pipelines.config import ExperimentConfig, experiment_dir
+from pipelines.stages.common import load_data
 
 
 def checkpoint_dir(ctx) -> Path | None:
     """`<run_dir>/checkpoints` when the recipe checkpoints; refuses a resume without any."""
-    from kdl.callbacks.checkpoint import latest_checkpoint
-
     if not ctx.cfg.train.checkpoint:
         if ctx.state.get("resume"):
             raise FileNotFoundError(
@@ -34,10 +42,6 @@ def checkpoint_dir(ctx) -> Path | None:
 
 def train_callbacks(ctx, splits) -> list[keras.callbacks.Callback]:
     """Gradient statistics and the recipe's named callbacks (`train.callbacks`)."""
-    import kdl.callbacks  # noqa: F401  (registers callbacks)
-    from kdl.callbacks import GradientStats
-    from kdl.registry import CALLBACKS
-
     cfg, tracker = ctx.cfg.train, ctx.tracker
     out = []
     if cfg.grad_stats_every:
@@ -53,8 +57,6 @@ def train_callbacks(ctx, splits) -> list[keras.callbacks.Callback]:
 
 def log_schedule_plot(ctx, model: keras.Model, total_steps: int) -> None:
     """Plot the optimizer's schedule over the run into `lr_schedule.png` and log it."""
-    from kdl.schedules import plot_schedule
-
     lr = model.optimizer._learning_rate
     if not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         return
@@ -65,10 +67,6 @@ def log_schedule_plot(ctx, model: keras.Model, total_steps: int) -> None:
 
 def data_and_model(cfg: ExperimentConfig):
     """Seeded data splits and the compiled model of a recipe (sanity, lr-find, tune)."""
-    from kdl import training
-    from kdl.models import build_model
-    from pipelines.stages.train import load_data
-
     training.prepare(cfg.train)
     splits = load_data(cfg)
     model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
@@ -80,8 +78,6 @@ def data_and_model(cfg: ExperimentConfig):
 
 def sanity(cfg: ExperimentConfig, log=print) -> bool:
     """Overfit one batch of the recipe's data with its model; True when it passes."""
-    from kdl.sanity import overfit_one_batch
-
     splits, model = data_and_model(cfg)
     if splits.task != "classification":
         tolerance = 0.05 * float(splits.train.y.var())  # 5% of the variance left
@@ -98,16 +94,10 @@ def sanity(cfg: ExperimentConfig, log=print) -> bool:
 def lr_find(cfg: ExperimentConfig, out_dir: Path | None = None, *, min_lr: float = 1e-6,
             max_lr: float = 1.0, num_steps: int = 100, log=print) -> dict:
     """LR range test on the recipe; writes `lr_find.png` and `lr_find.json`."""
-    from kdl.io import atomic_write_json
-    from kdl.lr_find import lr_find as sweep
-    from kdl.lr_find import plot_lr_find
-    from pipelines.run import output_root
-
     splits, model = data_and_model(cfg)
     result = sweep(model, splits.train.x, splits.train.y, min_lr=min_lr, max_lr=max_lr,
                    num_steps=num_steps, batch_size=cfg.data.batch_size, seed=cfg.train.seed)
-    out_dir = out_dir or (output_root(cfg) / (cfg.tracking.experiment or cfg.name)
-                          / f"lr_find-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = out_dir or experiment_dir(cfg) / f"lr_find-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_lr_find(result, str(out_dir / "lr_find.png"))
     atomic_write_json(out_dir / "lr_find.json", result.to_dict())
@@ -115,37 +105,3 @@ def lr_find(cfg: ExperimentConfig, out_dir: Path | None = None, *, min_lr: float
         f"(steepest descent of the smoothed loss; plot {out_dir / 'lr_find.png'})")
     log(f"use it: --set train.learning_rate={result.suggestion:.3g}")
     return {"suggestion": result.suggestion, "dir": str(out_dir)}
-
-
-def resume(run_dir: Path, stages: list[str] | None = None, log=print):
-    """Continue an interrupted run in its own directory from its latest checkpoint.
-
-    Runs `stages` (default: the run's configured stages) again; the train stage
-    continues from `checkpoints/latest`.
-    """
-    from kdl.config import from_dict, validate, yaml_load
-    from pipelines.run import Context, run_stages
-    from pipelines.tracking import Tracker
-
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a kdl run directory (no config.yaml)")
-    cfg = from_dict(yaml_load((run_dir / "config.yaml").read_text()))
-    validate(cfg)
-    stages = stages or cfg.stages
-    if "train" in stages:  # fail before any work when there is nothing to resume from
-        checkpoint_dir(Context(cfg, run_dir, None, state={"resume": True}))
-    tracker = Tracker(cfg.tracking, cfg.name)
-    parent = None
-    if (run_dir / "run.json").is_file():
-        parent = json.loads((run_dir / "run.json").read_text()).get("mlflow_run_id")
-    tracker.start(f"{run_dir.name}-resumed", {"resumed_from": run_dir.name}, parent_id=parent)
-    log(f"resuming {run_dir}")
-    try:
-        results = run_stages(Context(cfg, run_dir, tracker, state={"resume": True}),
-                             stages, log)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    return run_dir, results, tracker

@@ -34,9 +34,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import keras  # noqa: E402
 
-from kdl.config import TrackingConfig  # noqa: E402
+from pipelines.config import PROJECT_ROOT, TrackingConfig  # noqa: E402
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAM_LEN = 6000
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 QUEUE_SIZE = 10_000  # metric batches waiting; a full queue makes log_metrics wait
@@ -45,6 +44,35 @@ QUEUE_SIZE = 10_000  # metric batches waiting; a full queue makes log_metrics wa
 def default_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the project's own SQLite store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def run_label(run_dir: Path | str) -> str:
+    """A run directory as it may leave this machine: relative to the project root when it
+    is inside it, else `<experiment>/<run>` (never the machine's absolute path)."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        return str(run_dir.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def strip_credentials(uri: str) -> str:
+    """`uri` without its `user:password@`. The credentials move to MLflow's documented
+    `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` variables of this process (unless
+    they are set), so nothing written or printed (config.yaml, run.json, MLflow params,
+    the summary table, warnings) carries them."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    if user:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def git_commit() -> str:
@@ -83,7 +111,7 @@ class Tracker:
         self.cfg = cfg
         self.synchronous = synchronous
         self.enabled = cfg.enabled
-        self.uri = cfg.uri or default_uri()
+        self.uri = strip_credentials(cfg.uri or default_uri())
         self.experiment = cfg.experiment or experiment
         self.parent_id: str | None = None
         self.run_id: str | None = None  # the run metrics go to: the stage's, else the parent
@@ -118,24 +146,43 @@ class Tracker:
         if self._thread_error is not None and self.enabled:
             self._disable(self._thread_error)
 
+    def _send(self, batches: list[tuple[str, dict[str, Any], int, int]]) -> None:
+        """Log queued `(run_id, metrics, step, time)` batches, coalesced per run.
+
+        A metric's value may be a zero-argument callable, called here (in the
+        background thread): a figure that is costly to read inside the loop.
+        """
+        from mlflow.entities import Metric
+
+        by_run: dict[str, list] = {}
+        for run_id, metrics, step, now in batches:
+            items = by_run.setdefault(run_id, [])
+            for k, v in metrics.items():
+                if callable(v):
+                    try:
+                        v = v()
+                    except Exception:  # a figure that cannot be read is left out
+                        continue
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    items.append(Metric(k, float(v), now, step))
+        for run_id, items in by_run.items():
+            for i in range(0, len(items), MAX_BATCH_METRICS):
+                if not self.enabled or self._thread_error is not None:
+                    return
+                self.client.log_batch(run_id, metrics=items[i:i + MAX_BATCH_METRICS])
+
     def _send_queued(self) -> None:
-        """The background thread: send queued batches, coalesced per run, until its end."""
+        """The background thread: send what is queued, in as few calls as it can."""
         q = self._queue
         while True:
             batches = [q.get()]
-            while True:  # everything already waiting goes out in as few calls as possible
+            while True:
                 try:
                     batches.append(q.get_nowait())
                 except queue.Empty:
                     break
-            by_run: dict[str, list] = {}
-            for run_id, items in batches:
-                by_run.setdefault(run_id, []).extend(items)
             try:
-                for run_id, items in by_run.items():
-                    for i in range(0, len(items), MAX_BATCH_METRICS):
-                        if self.enabled and self._thread_error is None:
-                            self.client.log_batch(run_id, metrics=items[i:i + MAX_BATCH_METRICS])
+                self._send(batches)
             except Exception as e:  # the caller's thread warns and stops tracking
                 self._thread_error = f"log metrics: {type(e).__name__}: {str(e)[:300]}"
             finally:
@@ -227,27 +274,27 @@ class Tracker:
             if run_id:
                 self._safe("log params", self.client.log_batch, run_id, params=items[i:i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None,
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None,
                     run_id: str | None = None) -> None:
-        """Queue `metrics` for the background thread (see the module docstring)."""
-        from mlflow.entities import Metric
+        """Queue `metrics` for the background thread (see the module docstring).
 
+        Non-numeric values are left out; a zero-argument callable is called by
+        the thread that sends (see `_send`).
+        """
         self._check_thread()
         run_id = run_id or self.run_id
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-                 if isinstance(v, int | float) and not isinstance(v, bool)]
-        if not (run_id and items and self.enabled):
+        if not (run_id and metrics and self.enabled):
             return
+        batch = (run_id, dict(metrics), step or 0, int(time.time() * 1000))
         if self.synchronous:
-            self._safe("log metrics", self.client.log_batch, run_id, metrics=items)
+            self._safe("log metrics", self._send, [batch])
             return
         if self._queue is None:
             self.client  # noqa: B018 -- made here, not in two threads at once
             self._queue = queue.Queue(QUEUE_SIZE)
             threading.Thread(target=self._send_queued, name="kdl-mlflow-metrics",
                              daemon=True).start()
-        self._queue.put((run_id, items))
+        self._queue.put(batch)
 
     def set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
         run_id = run_id or self.run_id
@@ -300,19 +347,23 @@ class Tracker:
 
 
 class _EpochMetrics(keras.callbacks.Callback):
-    """Logs each epoch's Keras logs (and the learning rate) as `<prefix><name>`."""
+    """Logs each epoch's Keras logs (and the learning rate) as `<prefix><name>`.
+
+    The rate is read by the tracker's sending thread, a few milliseconds after
+    the epoch's end: evaluating a schedule is a handful of eager ops (tens of
+    milliseconds on a loaded CPU with TensorFlow) that the loop need not wait for.
+    """
 
     def __init__(self, tracker: Tracker, prefix: str):
         super().__init__()
         self.tracker, self.prefix = tracker, prefix
 
+    def _learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
     def on_epoch_end(self, epoch, logs=None):
         if not self.tracker.enabled:
             return
-        metrics = {f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}
-        try:
-            lr = self.model.optimizer.learning_rate
-            metrics[f"{self.prefix}learning_rate"] = float(keras.ops.convert_to_numpy(lr))
-        except (AttributeError, TypeError, ValueError):
-            pass
+        metrics = {f"{self.prefix}{k}": v for k, v in (logs or {}).items()}
+        metrics[f"{self.prefix}learning_rate"] = self._learning_rate
         self.tracker.log_metrics(metrics, step=epoch + 1)

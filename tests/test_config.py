@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdl.config import ConfigError, ExperimentConfig, flatten, from_dict, load_config, to_dict
+from pipelines.config import ConfigError, ExperimentConfig, flatten, from_dict, load_config, to_dict
 
 
 def test_precedence_defaults_recipe_override():

@@ -8,6 +8,7 @@ losses (GAN, VAE, SimCLR, CLIP, DDPM, DQN) use `fit` on every backend.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import keras
@@ -89,6 +90,57 @@ def resolve_precision(policy: str) -> str:
     if device == "gpu":
         return "mixed_bfloat16" if _gpu_supports_bf16() else "mixed_float16"
     return "float32"
+
+
+def torch_threads(requested: int | None = None) -> int:
+    """Set PyTorch's CPU intra-op threads: `requested`, or by default half the cores this
+    process may run on (at least 1). Returns the number set.
+
+    Why half: a training process shares its cores with its own `tf.data` input
+    threads, and often with other processes; PyTorch's default (every core)
+    then oversubscribes them and its spinning worker threads slow each step
+    several-fold (docs/performance.md has the figures).
+    """
+    import torch
+
+    n = requested
+    if n is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        n = max(1, cores // 2)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def enable_determinism() -> None:
+    """Ask the backend for run-to-run reproducible ops (with the seed `prepare` sets).
+
+    TensorFlow: `tf.config.experimental.enable_op_determinism()` (deterministic
+    kernels and tf.data order; an op without a deterministic kernel raises
+    instead of varying). PyTorch: `torch.use_deterministic_algorithms(True,
+    warn_only=True)` (warns where an op has none) and cuDNN's benchmark off.
+    JAX: XLA's CPU ops are deterministic; on GPU `--xla_gpu_deterministic_ops`
+    must be in `XLA_FLAGS` before JAX starts, so it is set here only if JAX has
+    not started a backend yet. The cost on CPU is measured in
+    docs/training.md (Reproducibility).
+    """
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif name == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif name == "jax":
+        import os
+
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
 
 
 from kdl.backend.training import CustomTrainModel, OptimizerGroup  # noqa: E402, F401

@@ -176,6 +176,21 @@ class Distributed:
                 "distribution.replicas": self.replicas,
                 "distribution.processes": self.num_processes}
 
+    def local_model(self, model: keras.Model, scratch) -> keras.Model:
+        """`model` usable by this process alone: itself on one process; across processes,
+        a copy outside the distribution (saved to `scratch`/.keras and loaded back), since
+        the original's variables and steps span every process."""
+        if self.num_processes == 1:
+            return model
+        from pathlib import Path
+
+        path = Path(scratch) / "distributed-model.keras"
+        model.save(path)
+        try:
+            return keras.saving.load_model(path)
+        finally:
+            path.unlink()
+
     def variable_layouts(self, model: keras.Model) -> dict[str, list[str | None]]:
         """Each variable's partition over the mesh (JAX), `[]` where replicated."""
         out = {}
@@ -276,6 +291,7 @@ def _setup_tensorflow(d, count: int, index: int) -> Distributed:
         except RuntimeError:  # the runtime already started: its devices stay as they are
             pass
     if count > 1:
+        _mean_logs_across_workers()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         local = strategy.extended.worker_devices
         replicas = strategy.num_replicas_in_sync
@@ -293,6 +309,32 @@ def _setup_tensorflow(d, count: int, index: int) -> Distributed:
         replicas, devices = n, pool[:n]
     return Distributed("data_parallel", devices, {next(iter(d.mesh), "batch"): replicas},
                        replicas, count, index, strategy)
+
+
+def _mean_logs_across_workers() -> None:
+    """Keras 3.15's TensorFlow trainer averages a step's logs over several workers with
+    `strategy.reduce("MEAN", v, axis=0)`, which fails on the scalar logs of `fit`
+    ("Invalid reduction dimension 0 for input with 0 dimensions"). Averaged with
+    `axis=None` here, as one worker's several replicas are. Private Keras API
+    (`keras.src.backend.tensorflow.trainer.reduce_per_replica`), checked on Keras 3.15;
+    the two-process test in tests/pipelines/test_launch.py fails if it changes.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "kdl_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(
+                strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None),
+                                         values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.kdl_patched = True
+    trainer.reduce_per_replica = reduce_per_replica
 
 
 def _too_few(wanted: int, have: int) -> str:

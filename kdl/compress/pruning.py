@@ -9,9 +9,13 @@ after each optimizer step, so pruned weights stay exactly zero through
 which saves and reloads without any kdl object.
 
 What is pruned: the kernels of the leaf layers that have one (`kernel`,
-`depthwise_kernel`, `pointwise_kernel`, `embeddings`; so Dense, EinsumDense,
-ConvND, DepthwiseConv, SeparableConv, Embedding). Biases and normalization
-parameters are never pruned.
+`depthwise_kernel`, `pointwise_kernel`, `embeddings`, `recurrent_kernel`; so
+Dense, EinsumDense, ConvND, DepthwiseConv, SeparableConv, Embedding, and both
+kernels of the SimpleRNN, LSTM and GRU cells, as tfmot does). Biases and
+normalization parameters are never pruned: they are a small share of the
+parameters, and zeroing a bias or a scale shifts every output of its unit.
+`sparsity_check` says what share that leaves dense and whether the pruned
+weights reached the target.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from keras import ops
 
 from kdl.compress.schedules import PruningSchedule
 
-PRUNABLE_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+PRUNABLE_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
+                         "recurrent_kernel")
+SPARSITY_TOLERANCE = 0.01  # the pruned weights may miss the target by at most this
 
 
 def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -177,7 +183,8 @@ class MagnitudePruner:
             names = ", ".join(f"{la.name} ({type(la).__name__})" for la in _leaf_layers(model))
             raise ValueError(
                 f"model {model.name!r} has no prunable layers: pruning takes the kernels of "
-                f"Dense, Conv, DepthwiseConv, SeparableConv, EinsumDense and Embedding layers"
+                f"Dense, Conv, DepthwiseConv, SeparableConv, EinsumDense, Embedding and "
+                f"recurrent (SimpleRNN, LSTM, GRU) layers"
                 f"{' not matched by exclude=' + repr(self.exclude) if self.exclude else ''}. "
                 f"Its layers: {names or 'none'}."
             )
@@ -343,6 +350,44 @@ def sparsity_report(model: keras.Model, exclude: Iterable[str] = ()) -> dict[str
               for _, v in prunable_weights(model, exclude)}
     return {"params": int(params), "nonzero_params": int(nonzero),
             "sparsity": 1.0 - nonzero / max(params, 1), "layers": layers}
+
+
+def sparsity_check(model: keras.Model, target: float, exclude: Iterable[str] = (),
+                   tolerance: float = SPARSITY_TOLERANCE) -> dict[str, Any]:
+    """Did pruning reach `target`? Over the weights it prunes, and what stays dense.
+
+    Returns:
+        `pruned_sparsity` (zeros over the prunable weights, the figure the
+        target is about), `overall_sparsity` (zeros over every parameter),
+        `dense_params` by reason (`bias and normalization`, `excluded`), `met`
+        (pruned sparsity within `tolerance` of the target; False on NaN) and
+        `message`, one sentence for a report or an error.
+    """
+    from kdl.gates import at_most
+
+    all_prunable = {id(v) for _, v in prunable_weights(model)}
+    pruned = prunable_weights(model, exclude)
+    pruned_ids = {id(v) for _, v in pruned}
+    zeros = sum(int(np.size(a) - np.count_nonzero(a))
+                for a in (ops.convert_to_numpy(v) for _, v in pruned))
+    size = sum(int(np.prod(v.shape)) for _, v in pruned)
+    dense = {"bias and normalization": 0, "excluded": 0}
+    params = nonzero = 0
+    for v in model.weights:
+        a = ops.convert_to_numpy(v)
+        params += a.size
+        nonzero += int(np.count_nonzero(a))
+        if id(v) not in pruned_ids:
+            dense["excluded" if id(v) in all_prunable else "bias and normalization"] += a.size
+    achieved = zeros / size if size else float("nan")
+    met = at_most(abs(achieved - target), tolerance)
+    message = (f"pruned weights reached {achieved:.3f} sparsity (target {target:.3f}, "
+               f"tolerance {tolerance}); overall {1 - nonzero / max(params, 1):.3f} over "
+               f"{params} parameters, of which {dense['bias and normalization']} bias/"
+               f"normalization and {dense['excluded']} excluded stay dense")
+    return {"pruned_params": size, "pruned_sparsity": achieved,
+            "overall_sparsity": 1.0 - nonzero / max(params, 1), "target": target,
+            "dense_params": dense, "met": met, "message": message}
 
 
 def prune_magnitude(model: keras.Model, schedule: PruningSchedule, **kwargs: Any

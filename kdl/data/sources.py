@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +78,25 @@ def _require_file(path: str | None, kind: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"data.path {str(p)!r} does not exist or is not a file")
+    if not os.access(p, os.R_OK):
+        raise DataError(f"data.path {str(p)!r} is not readable (permission denied)")
     return p
+
+
+def _npz_arrays(p: Path) -> dict[str, np.ndarray]:
+    """Every array of an `.npz`, read without pickle; a damaged file is a `DataError`."""
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise DataError(f"{p.name} holds object arrays (Python objects, e.g. ragged "
+                            "lists), which are not loaded (pickle is unsafe): save numeric "
+                            "or string arrays") from None
+        raise DataError(f"{p.name} is not a readable .npz: {e}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{p.name} is not a readable .npz (truncated or not a NumPy "
+                        f"archive): {e}") from None
 
 
 @DATASETS.register("npz", task="any", input="any")
@@ -85,62 +105,122 @@ def npz(path: str | None = None, task: str = "classification", target: str | Non
     """A NumPy `.npz` with arrays `x` and `y`, optionally split index arrays.
 
     Split keys, if present: `train_idx`, `val_idx`, `test_idx` (example indices).
-    Alternatively `x_train/y_train`, `x_val/y_val`, `x_test/y_test` arrays.
+    Alternatively `x_train/y_train`, `x_val/y_val`, `x_test/y_test` arrays; a
+    missing `_val` (or `_test`) part is carved from `x_train` (seeded,
+    `data.val_fraction` of it). Labels follow `kdl.data.core.class_ids`.
     """
     p = _require_file(path, "npz")
-    with np.load(p) as f:
-        keys = set(f.files)
-        if {"x", "y"} <= keys:
-            x, y = f["x"], f["y"]
-            splits = {k[:-4]: f[k] for k in ("train_idx", "val_idx", "test_idx") if k in keys}
-        elif {"x_train", "y_train"} <= keys:
-            parts = [s for s in ("train", "val", "test") if f"x_{s}" in keys]
-            xs = [f[f"x_{s}"] for s in parts]
-            ys = [f[f"y_{s}"] for s in parts]
-            x, y = np.concatenate(xs), np.concatenate(ys)
-            bounds = np.cumsum([0] + [len(a) for a in xs])
-            splits = {s: np.arange(bounds[i], bounds[i + 1]) for i, s in enumerate(parts)}
-        else:
-            raise DataError(
-                f"{p} has arrays {sorted(keys)}; expected 'x' and 'y' "
-                "(or 'x_train', 'y_train', optionally '_val' and '_test')"
-            )
-    return RawData(x, y, task, list(label_names or []), splits)
+    f = _npz_arrays(p)
+    keys = set(f)
+    if {"x", "y"} <= keys:
+        x, y = f["x"], f["y"]
+        splits = {k[:-4]: f[k] for k in ("train_idx", "val_idx", "test_idx") if k in keys}
+        locate = lambda i: f"x[{i}]"  # noqa: E731
+    elif {"x_train", "y_train"} <= keys:
+        parts = [s for s in ("train", "val", "test") if f"x_{s}" in keys]
+        missing = [f"y_{s}" for s in parts if f"y_{s}" not in keys]
+        if missing:
+            raise DataError(f"{p.name} has no {missing[0]} for its x_{missing[0][2:]}")
+        xs = [f[f"x_{s}"] for s in parts]
+        ys = [f[f"y_{s}"] for s in parts]
+        for s_, a, b in zip(parts, xs, ys, strict=True):
+            if len(a) != len(b):
+                raise DataError(f"{p.name}: x_{s_} has {len(a)} examples but y_{s_} {len(b)}")
+        shapes = {a.shape[1:] for a in xs}
+        if len(shapes) > 1:
+            raise DataError(f"{p.name}: the parts' examples differ in shape "
+                            f"{dict(zip(parts, [a.shape[1:] for a in xs], strict=True))}")
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        bounds = np.cumsum([0] + [len(a) for a in xs])
+        splits = {s: np.arange(bounds[i], bounds[i + 1]) for i, s in enumerate(parts)}
+
+        def locate(i: int) -> str:
+            k = int(np.searchsorted(bounds, i, side="right")) - 1
+            return f"x_{parts[k]}[{i - bounds[k]}]"
+    else:
+        raise DataError(
+            f"{p} has arrays {sorted(keys)}; expected 'x' and 'y' "
+            "(or 'x_train', 'y_train', optionally '_val' and '_test')"
+        )
+    if x.ndim == 0 or y.ndim == 0:
+        raise DataError(f"{p.name}: x and y must be arrays of examples, got shapes "
+                        f"{x.shape} and {y.shape}")
+    return RawData(x, y, task, list(label_names or []), splits, locate=locate)
 
 
 @DATASETS.register("csv", task="any", input="table")
 def csv_table(path: str | None = None, target: str | None = None, task: str = "classification",
-              label_names: list[str] | None = None) -> RawData:
+              label_names: list[str] | None = None, exclude: list[str] | None = None) -> RawData:
     """A CSV file with a header row: numeric feature columns and one target column.
 
-    For classification, target values may be strings; they become class ids in
-    sorted order and their names become the label names.
+    Every row has the header's number of cells; features are numbers ("nan"
+    and "inf" parse, and are then refused or dropped by `data.nonfinite`). For
+    classification, target values are strings mapped to classes
+    (`kdl.data.core.class_ids`: numeric strings in numeric order, the value is
+    the class name).
+    Every column is also kept, as read (strings), as a side column
+    (`RawData.columns`: e.g. a sensitive attribute for `evaluate.sensitive` /
+    `train.reweigh`); `exclude` names columns that are not features (they may hold text).
     """
     p = _require_file(path, "csv")
-    with p.open(newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{p.name} is not a readable UTF-8 CSV: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {p}: {e.strerror or e}") from None
     if len(rows) < 2:
-        raise DataError(f"{p} has no data rows under its header")
+        raise DataError(f"{p.name} has no data rows under its header")
     header, body = rows[0], rows[1:]
     if target is None:
         raise DataError(f"the csv dataset needs data.target=<column>; columns: {header}")
     if target not in header:
         raise DataError(f"target column {target!r} is not in {p.name}; columns: {header}")
+    lines = [i + 2 for i, r in enumerate(body) if r]  # skip blank lines; 1-based, after header
+    body = [r for r in body if r]
+    ragged = [(line, len(r)) for line, r in zip(lines, body, strict=True) if len(r) != len(header)]
+    if ragged:
+        line, n = ragged[0]
+        raise DataError(f"{p.name}: {len(ragged)} rows do not have the header's {len(header)} "
+                        f"cells (first: line {line} has {n}); fix or remove them")
     t = header.index(target)
-    try:
-        x = np.array([[float(v) for i, v in enumerate(r) if i != t] for r in body], "float32")
-    except ValueError as e:
-        raise DataError(f"{p.name}: feature columns must be numeric ({e})") from None
-    raw_y = [r[t] for r in body]
+    missing = [c for c in exclude or () if c not in header]
+    if missing:
+        raise DataError(f"excluded columns {missing} are not in {p.name}; columns: {header}")
+    skip = {t} | {header.index(c) for c in exclude or ()}
+    features = [i for i in range(len(header)) if i not in skip]
+    x = np.empty((len(body), len(features)), "float32")
+    for row, (line, r) in enumerate(zip(lines, body, strict=True)):
+        for col, i in enumerate(features):
+            try:
+                x[row, col] = float(r[i])
+            except ValueError:
+                raise DataError(f"{p.name} line {line}, column {header[i]!r}: {r[i]!r} is not a "
+                                "number; feature columns must be numeric (or listed in "
+                                "data.params.exclude)") from None
+    side = {"columns": {h: np.array([r[i] for r in body]) for i, h in enumerate(header)
+                        if i != t},
+            "info": {"feature_names": [header[i] for i in features]}}
+    raw_y = np.array([r[t] for r in body])
+    locate = lambda i: f"line {lines[i]}"  # noqa: E731
     if task == "classification":
-        names = label_names or sorted(set(raw_y), key=lambda v: (len(v), v))
-        index = {n: i for i, n in enumerate(names)}
-        unknown = sorted(set(raw_y) - index.keys())
-        if unknown:
-            raise DataError(f"{p.name}: target values {unknown} are not in label_names")
-        y = np.array([index[v] for v in raw_y], "int32")
-        return RawData(x, y, task, list(names))
-    return RawData(x, np.array(raw_y, "float32"), task)
+        return RawData(x, raw_y, task, list(label_names or []), locate=locate, **side)
+    try:
+        y = raw_y.astype("float32")
+    except ValueError:
+        bad = next(i for i, v in enumerate(raw_y) if not _is_number(v))
+        raise DataError(f"{p.name} line {lines[bad]}: target {raw_y[bad]!r} is not a number "
+                        "(regression targets are numbers)") from None
+    return RawData(x, y, task, locate=locate, **side)
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
 
 
 # ----------------------------------------------------------------------------- images

@@ -5,10 +5,17 @@ loader returning a `predict(x) -> outputs` function that takes float inputs
 (quantization, if any, is the runner's business), and the file on disk. For
 every runnable `benchmark` measures:
 
-- batch-1 latency: warm-up calls excluded, then repeated calls until both a
-  minimum count and a time budget are reached (longer when the median has
-  not settled: the medians of the first and second halves differ by more
-  than `max_drift`); p50, p90, mean and the count are reported;
+- batch-1 latency of the app path (`batch1_*`: float in, float out, with the
+  runner's quantize/dequantize and copies, what an app pays per call):
+  warm-up calls excluded, then repeated calls until both a minimum count and
+  a time budget are reached (longer when the median has not settled: the
+  medians of the first and second halves differ by more than `max_drift`);
+  p50, p90, mean and the count are reported;
+- batch-1 latency of the kernel (`kernel_p50_ms`), where the runnable has
+  one: the runtime's own call on an input tensor prepared once (LiteRT
+  `invoke`), the same way. A 7 us int8 kernel behind 20 us of NumPy
+  quantization is slower than fp32 on the app path and faster in the
+  kernel: compare formats on the kernel column (`kernel_vs_fp32`);
 - throughput at a larger batch, in examples per second (p50 of batch calls);
 - file size and gzipped size (a directory is measured as a gzipped tar);
 - memory: the growth of this process's resident set (VmRSS, Linux
@@ -46,7 +53,8 @@ Predict = Callable[[np.ndarray], Any]
 COLUMNS = (
     "format", "runtime", "threads", "file", "size_bytes", "gzip_bytes", "size_vs_fp32",
     "batch1_p50_ms", "batch1_p90_ms", "batch1_mean_ms", "batch1_reps", "median_drift_pct",
-    "latency_vs_keras", "throughput_batch", "throughput_per_s", "rss_delta_mb",
+    "kernel_p50_ms", "kernel_vs_fp32", "latency_vs_keras", "throughput_batch",
+    "throughput_per_s", "rss_delta_mb",
     "metric", "metric_delta", "max_abs_diff", "top1_agreement",
 )
 EXTRA_COLUMNS = ("metric", "metric_delta", "max_abs_diff", "top1_agreement")
@@ -54,6 +62,7 @@ EXTRA_COLUMNS = ("metric", "metric_delta", "max_abs_diff", "top1_agreement")
 TARGET_LATENCY_RATIO = 0.25  # LiteRT fp32 batch-1 p50 / Keras model(x) p50
 TARGET_INT8_SIZE_RATIO = 0.30  # int8 file / fp32 file, models over 100K params
 TARGET_MIN_PARAMS = 100_000
+TARGET_INT8_KERNEL_RATIO = 1.0  # LiteRT int8 invoke p50 / fp32 invoke p50, batch 1
 
 
 @dataclass
@@ -69,6 +78,9 @@ class Runnable:
         path: the file or directory on disk, for sizes; None for none.
         threads: CPU threads the runtime was given, if it takes a count.
         extra: values for `EXTRA_COLUMNS` (metric, parity) from elsewhere.
+        kernel: `kernel(predict, x)` prepares the batch `x` once and returns a
+            no-argument function that runs only the runtime's kernel on it;
+            None: no kernel column for this row.
     """
 
     format: str
@@ -77,6 +89,7 @@ class Runnable:
     path: str | Path | None = None
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    kernel: Callable[[Predict, np.ndarray], Callable[[], Any]] | None = None
 
     def __post_init__(self):
         unknown = set(self.extra) - set(EXTRA_COLUMNS)
@@ -104,11 +117,11 @@ class BenchSettings:
     warmup: int = 10
     warmup_s: float = 0.05
     min_reps: int = 30
-    budget_s: float = 1.0
+    budget_s: float = 0.1
     max_reps: int = 100_000
     max_drift: float = 0.05
     batch: int = 32
-    throughput_budget_s: float = 0.5
+    throughput_budget_s: float = 0.05
 
     def __post_init__(self):
         if self.min_reps < 2 or self.max_reps < self.min_reps:
@@ -233,10 +246,11 @@ def bench_one(r: Runnable, x: np.ndarray, settings: BenchSettings) -> dict[str, 
     predict = r.load()
     samples.append(rss_bytes())
     x1 = x[:1]
-    lat = measure_latency(lambda: predict(x1), warmup=settings.warmup,
-                          warmup_s=settings.warmup_s, min_reps=settings.min_reps,
-                          budget_s=settings.budget_s, max_reps=settings.max_reps,
-                          max_drift=settings.max_drift)
+    timing = {"warmup": settings.warmup, "warmup_s": settings.warmup_s,
+              "min_reps": settings.min_reps, "budget_s": settings.budget_s,
+              "max_reps": settings.max_reps, "max_drift": settings.max_drift}
+    lat = measure_latency(lambda: predict(x1), **timing)
+    kernel = measure_latency(r.kernel(predict, x1), **timing) if r.kernel else None
     samples.append(rss_bytes())
     throughput = None
     if settings.batch:
@@ -260,6 +274,7 @@ def bench_one(r: Runnable, x: np.ndarray, settings: BenchSettings) -> dict[str, 
         "batch1_p50_ms": lat.p50_s * 1e3, "batch1_p90_ms": lat.p90_s * 1e3,
         "batch1_mean_ms": lat.mean_s * 1e3, "batch1_reps": lat.reps,
         "median_drift_pct": lat.drift * 100,
+        "kernel_p50_ms": kernel.p50_s * 1e3 if kernel else None,
         "throughput_batch": settings.batch or None, "throughput_per_s": throughput,
         "rss_delta_mb": rss,
     })
@@ -269,14 +284,19 @@ def bench_one(r: Runnable, x: np.ndarray, settings: BenchSettings) -> dict[str, 
 
 def add_ratios(rows: list[dict[str, Any]], *, baseline_format: str = "keras",
                size_format: str = "tflite_fp32") -> list[dict[str, Any]]:
-    """Fills `latency_vs_keras` (p50 / baseline p50) and `size_vs_fp32`, in place."""
+    """Fills `latency_vs_keras` (p50 / baseline p50), `size_vs_fp32` and `kernel_vs_fp32`
+    (kernel p50 / the kernel p50 of the `size_format` row at the same threads), in place."""
     base = next((r for r in rows if r["format"] == baseline_format), None)
     fp32 = next((r for r in rows if r["format"] == size_format and r["size_bytes"]), None)
+    fp32_kernel = {r["threads"]: r["kernel_p50_ms"] for r in rows
+                   if r["format"] == size_format and r.get("kernel_p50_ms")}
     for r in rows:
         if base is not None and base["batch1_p50_ms"]:
             r["latency_vs_keras"] = r["batch1_p50_ms"] / base["batch1_p50_ms"]
         if fp32 is not None and r["size_bytes"] is not None:
             r["size_vs_fp32"] = r["size_bytes"] / fp32["size_bytes"]
+        if r.get("kernel_p50_ms") is not None and r["threads"] in fp32_kernel:
+            r["kernel_vs_fp32"] = r["kernel_p50_ms"] / fp32_kernel[r["threads"]]
     return rows
 
 
@@ -328,6 +348,16 @@ def targets(rows: Sequence[dict[str, Any]], num_params: int | None = None) -> li
     else:
         out.append(Target("LiteRT fp32 batch-1 p50 / Keras model(x) p50", None,
                           TARGET_LATENCY_RATIO, None, "needs a keras row and a tflite_fp32 row"))
+    kernel = next((r for r in rows if r["format"] == "tflite_int8"
+                   and r.get("kernel_vs_fp32") is not None and r["threads"] in (1, None)), None)
+    name = "LiteRT int8 / fp32 kernel latency (invoke on a prepared tensor, batch 1)"
+    if kernel is None:
+        out.append(Target(name, None, TARGET_INT8_KERNEL_RATIO, None,
+                          "needs tflite_int8 and tflite_fp32 rows with kernel times"))
+    else:
+        v = kernel["kernel_vs_fp32"]
+        out.append(Target(name, v, TARGET_INT8_KERNEL_RATIO, v <= TARGET_INT8_KERNEL_RATIO,
+                          "1 thread; the app path adds quantize/dequantize"))
     int8 = next((r for r in rows if r["format"] == "tflite_int8" and r["size_vs_fp32"]), None)
     name = f"int8 size / fp32 size (models over {TARGET_MIN_PARAMS:,} params)"
     if int8 is None:
@@ -429,6 +459,10 @@ def to_markdown(rows: Sequence[dict[str, Any]], *, title: str = "Benchmark",
         f"excluded; then >= {settings.min_reps} timed calls and >= {settings.budget_s:g} s, "
         f"longer (up to 3x) while the first- and second-half medians differ by more than "
         f"{settings.max_drift:.0%} (`median_drift_pct`). p50/p90 are percentiles of the calls.",
+        "- `batch1_*` is the app path (float in, float out: quantize/dequantize and copies "
+        "included); `kernel_p50_ms` is the runtime's kernel alone (LiteRT `invoke` on an input "
+        "tensor prepared once), timed the same way; `kernel_vs_fp32` = kernel p50 / the TFLite "
+        "fp32 kernel p50 at the same thread count: compare formats on the kernel column.",
         f"- Throughput: batch {settings.batch}, examples per second at the p50 batch time.",
         "- Ratios in one process: `latency_vs_keras` = p50 / the Keras `model(x)` p50; "
         "`size_vs_fp32` = file size / the TFLite fp32 file.",
@@ -509,7 +543,8 @@ def litert_runnable(path: str | Path, fmt: str, *, threads: int | None = 1,
     def load() -> Predict:
         return LiteRTRunner(path, num_threads=threads)
 
-    return Runnable(fmt, "litert", load, path=path, threads=threads, extra=dict(extra or {}))
+    return Runnable(fmt, "litert", load, path=path, threads=threads, extra=dict(extra or {}),
+                    kernel=lambda runner, x: runner.kernel(x))
 
 
 def onnx_runnable(path: str | Path, *, threads: int | None = 1,

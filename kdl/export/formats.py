@@ -7,7 +7,9 @@ requested formats; options that do not apply to a format are rejected by name.
 
 from __future__ import annotations
 
+import atexit
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,53 @@ def float32_model(model):
     return twin
 
 
+def _unrolled_config(node: Any) -> Any:
+    """A model config with `unroll=True` on every recurrent layer."""
+    if isinstance(node, dict):
+        out = {k: _unrolled_config(v) for k, v in node.items()}
+        if out.get("unroll") is False:
+            out["unroll"] = True
+        return out
+    if isinstance(node, list):
+        return [_unrolled_config(v) for v in node]
+    return node
+
+
+def recurrent_layers(model) -> list[str]:
+    """Names of the recurrent layers (SimpleRNN, LSTM, GRU, any `keras.layers.RNN`) in `model`."""
+    import keras
+
+    return [la.name for la in model._flatten_layers(include_self=False)
+            if isinstance(la, keras.layers.RNN)]
+
+
+def unrolled_model(model):
+    """The same model with every recurrent layer unrolled over its fixed sequence length.
+
+    Full-int8 conversion of a recurrent layer kept as a `While` loop crashes
+    the TFLite calibrator (SIGSEGV in `_feed_tensors`, TF 2.21, SimpleRNN, LSTM
+    and GRU alike); unrolled, the loop becomes plain builtin ops that calibrate
+    and quantize like any other layer. The weights are the very same.
+
+    Raises:
+        ExportError: a sequence length that is not fixed (nothing to unroll over).
+    """
+    names = recurrent_layers(model)
+    if not names:
+        return model
+    free = [t.name for t in model.inputs if any(d is None for d in t.shape[1:])]
+    if free:
+        raise ExportError(
+            f"tflite_int8 of a recurrent model ({', '.join(names)}) needs a fixed sequence "
+            f"length, and input(s) {', '.join(free)} have a free one: the int8 calibrator "
+            "crashes on the recurrent loop, and kdl unrolls it over the fixed length "
+            "instead. Build the model with a fixed input length, or export tflite_dynamic "
+            "(int8 weights, float activations), which converts the loop as it is.")
+    twin = model.__class__.from_config(_unrolled_config(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def _export_keras(model, path: Path, **_):
     model.save(path)
 
@@ -127,13 +176,14 @@ def _static_batch_saved_model(model, directory: Path) -> Path:
     return directory
 
 
-def _convert_tflite(saved_model: Path, path: Path, *, allow_flex_ops: bool = False,
-                    setup: Callable | None = None, model=None):
+def _convert_tflite(saved_model: Path, path: Path, fmt: str, job: dict[str, Any], model=None):
     """Convert; a recurrent model whose dynamic batch keeps TensorList ops is
     converted again from a batch-1 SavedModel, which lowers them to builtins
     (an app runs one example at a time anyway)."""
     try:
-        _convert_once(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup)
+        _convert_once(saved_model, path, fmt, job)
+    except ConverterCrash:
+        raise
     except ExportError as e:
         if model is None or "tensor list" not in str(e).lower() or len(model.inputs) != 1:
             raise
@@ -141,23 +191,147 @@ def _convert_tflite(saved_model: Path, path: Path, *, allow_flex_ops: bool = Fal
 
         with tempfile.TemporaryDirectory() as tmp:
             static = _static_batch_saved_model(model, Path(tmp) / "saved_model")
-            _convert_once(static, path, allow_flex_ops=allow_flex_ops, setup=setup)
+            _convert_once(static, path, fmt, job)
 
 
-def _convert_once(saved_model: Path, path: Path, *, allow_flex_ops: bool = False,
-                  setup: Callable | None = None):
-    import tensorflow as tf
+WORKER = Path(__file__).with_name("_tflite_worker.py")
+CONVERT_TIMEOUT_S = 1800
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if allow_flex_ops:
-        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
-    converter.target_spec.supported_ops = ops
-    if setup is not None:
-        setup(converter, tf)
+
+class ConverterCrash(ExportError):
+    """The TFLite converter (or its int8 calibrator) killed its process.
+
+    Attributes:
+        details: `format`, `file`, `returncode`, `signal` (name, or None) and
+            `last_words` (the tail of the converter process's stderr).
+    """
+
+    def __init__(self, message: str, details: dict[str, Any]):
+        super().__init__(message)
+        self.details = details
+
+
+def last_words(stderr: str, lines: int = 6) -> str:
+    """What a crashed process said last, on one line: around Python's "Fatal Python error"
+    (the line before it and the innermost frames), else the last lines of stderr."""
+    said = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    fatal = next((i for i, line in enumerate(said) if line.startswith("Fatal Python error")),
+                 None)
+    tail = said[max(0, fatal - 1):fatal + lines - 1] if fatal is not None else said[-lines:]
+    return " | ".join(tail)[-1500:] or "(nothing on stderr)"
+
+
+def _signal_name(returncode: int) -> str | None:
+    """SIGSEGV for -11 (killed by the signal) or 139 (a shell's 128 + 11)."""
+    import signal
+
+    for number in (-returncode, returncode - 128):
+        try:
+            return signal.Signals(number).name
+        except ValueError:
+            pass
+    return None
+
+
+class _ConverterProcess:
+    """The converter's child process (`_tflite_worker.py`): started on first use, reused
+    for every later conversion (TensorFlow starts once), started afresh after a crash."""
+
+    def __init__(self):
+        self.proc = None
+        self.stderr = None
+        self.lock = threading.Lock()
+
+    def _start(self) -> None:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        self.stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")}
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     env=env)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001 - a converter stuck at exit: end it
+                self.proc.kill()
+            self.proc = None
+
+    def _said_since(self, offset: int) -> str:
+        self.stderr.flush()
+        self.stderr.seek(offset)
+        return self.stderr.read()
+
+    def run(self, spec: dict[str, Any], fmt: str, path: Path) -> None:
+        """Converts one job; `ExportError` with the converter's message if it refused,
+        `ConverterCrash` if the process died (or overran `CONVERT_TIMEOUT_S`)."""
+        import json
+        import os
+        import select
+
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            offset = os.fstat(self.stderr.fileno()).st_size
+            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], CONVERT_TIMEOUT_S)
+            line = self.proc.stdout.readline() if ready else None
+            if line:
+                answer = json.loads(line)
+                if "error" in answer:
+                    raise ExportError(answer["error"])
+                return
+            if line is None:  # overran: end it
+                self.proc.kill()
+            rc = self.proc.wait()
+            self.proc = None
+            words = last_words(self._said_since(offset))
+            if line is None:
+                raise ConverterCrash(
+                    f"{fmt}: the TFLite converter did not finish in {CONVERT_TIMEOUT_S} s "
+                    f"(killed); its last words: {words}",
+                    {"format": fmt, "file": path.name, "returncode": rc, "signal": "timeout",
+                     "last_words": words})
+            sig = _signal_name(rc)
+            what = "converting and calibrating" if spec.get("representative") else "converting"
+            raise ConverterCrash(
+                f"{fmt}: the TFLite converter crashed while {what} "
+                f"({sig or 'exit ' + str(rc)}); its last words: {words}",
+                {"format": fmt, "file": path.name, "returncode": rc, "signal": sig,
+                 "last_words": words})
+
+
+_CONVERTER = _ConverterProcess()
+atexit.register(_CONVERTER.close)
+
+
+def _run_converter(saved_model: Path, path: Path, fmt: str, job: dict[str, Any]) -> None:
+    """Runs the converter in its child process; the calibration data goes through a
+    temporary `.npy` beside the output, removed whatever happens."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".tflite-convert-", dir=path.parent) as tmp:
+        spec = {**job, "saved_model": str(saved_model), "out": str(path)}
+        if job.get("representative") is not None:
+            np.save(Path(tmp) / "representative.npy", job["representative"])
+            spec["representative"] = str(Path(tmp) / "representative.npy")
+        _CONVERTER.run(spec, fmt, path)
+
+
+def _convert_once(saved_model: Path, path: Path, fmt: str, job: dict[str, Any]) -> None:
+    allow_flex_ops = bool(job.get("allow_flex_ops"))
     try:
-        data = converter.convert()
-    except Exception as e:  # the converter raises ConverterError and plain exceptions
+        _run_converter(saved_model, path, fmt, job)
+    except ConverterCrash:
+        raise
+    except ExportError as e:
         text = str(e)
         custom = _listed_ops(text, "Custom ops")
         if custom:
@@ -177,28 +351,21 @@ def _convert_once(saved_model: Path, path: Path, *, allow_flex_ops: bool = False
             raise ExportError(f"{path.name}: TFLite conversion failed: tensor list ops could "
                               f"not be lowered: {text[-1500:]}") from None
         raise ExportError(f"{path.name}: TFLite conversion failed: {text[-2000:]}") from None
-    path.write_bytes(data)
 
 
 def _tflite_fp32(model, path, *, saved_model, allow_flex_ops=False, **_):
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, model=model)
+    _convert_tflite(saved_model, path, "tflite_fp32", {"allow_flex_ops": allow_flex_ops},
+                    model=model)
 
 
 def _tflite_dynamic(model, path, *, saved_model, allow_flex_ops=False, **_):
-    def setup(c, tf):
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup,
-                    model=model)
+    _convert_tflite(saved_model, path, "tflite_dynamic",
+                    {"allow_flex_ops": allow_flex_ops, "optimize": True}, model=model)
 
 
 def _tflite_fp16(model, path, *, saved_model, allow_flex_ops=False, **_):
-    def setup(c, tf):
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.target_spec.supported_types = [tf.float16]
-
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup,
-                    model=model)
+    _convert_tflite(saved_model, path, "tflite_fp16",
+                    {"allow_flex_ops": allow_flex_ops, "float16": True}, model=model)
 
 
 def check_representative(model, representative: np.ndarray | None) -> np.ndarray:
@@ -217,9 +384,11 @@ def _tflite_int8(model, path, *, saved_model, representative=None, float_io=Fals
                  allow_flex_ops=False, input_dtype="int8", **_):
     """`input_dtype="uint8"`: the model takes raw uint8 pixels (scale 1, zero point 0):
     calibration then includes an all-0 and an all-255 image, so the input's range is
-    exactly [0, 255] whatever the calibration images held."""
+    exactly [0, 255] whatever the calibration images held. A recurrent model is
+    converted unrolled (see `unrolled_model`: the calibrator crashes on its loop)."""
     if input_dtype not in ("int8", "uint8"):
         raise ExportError(f"tflite_int8 input_dtype must be int8 or uint8, got {input_dtype!r}")
+    unrolled = unrolled_model(model)
     data = check_representative(model, representative)
     if input_dtype == "uint8":
         if float_io:
@@ -230,20 +399,16 @@ def _tflite_int8(model, path, *, saved_model, representative=None, float_io=Fals
                               f"but the calibration inputs span [{lo:g}, {hi:g}]: the model "
                               "must take unnormalized pixels (data.normalize=false)")
         data = np.concatenate([data, np.zeros_like(data[:1]), np.full_like(data[:1], 255.0)])
+    job = {"allow_flex_ops": allow_flex_ops, "representative": data, "float_io": bool(float_io),
+           "input_dtype": input_dtype}
+    if unrolled is model:
+        _convert_tflite(saved_model, path, "tflite_int8", job, model=model)
+        return
+    import tempfile
 
-    def setup(c, tf):
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.representative_dataset = lambda: ([data[i:i + 1]] for i in range(len(data)))
-        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if allow_flex_ops:
-            ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
-        c.target_spec.supported_ops = ops
-        if not float_io:
-            c.inference_input_type = tf.uint8 if input_dtype == "uint8" else tf.int8
-            c.inference_output_type = tf.int8
-
-    _convert_tflite(saved_model, path, allow_flex_ops=allow_flex_ops, setup=setup,
-                    model=model)
+    with tempfile.TemporaryDirectory(prefix=".unrolled-", dir=path.parent) as tmp:
+        unrolled_sm = _static_batch_saved_model(unrolled, Path(tmp) / "saved_model")
+        _convert_tflite(unrolled_sm, path, "tflite_int8", job, model=unrolled)
 
 
 ONNX_PACKAGES = "pip install onnx==1.23.2 onnxruntime==1.31.1 tf2onnx==1.17.0"
@@ -302,20 +467,22 @@ def export(model, out_dir: Path | str, formats: list[str],
     paths: dict[str, Path] = {}
     saved_model = out_dir / FORMATS["saved_model"].filename
     needs_sm = any(FORMATS[f].runtime == "litert" for f in formats) or "saved_model" in formats
-    if needs_sm:
-        _export_saved_model(model, saved_model)
-        if "saved_model" in formats:
-            paths["saved_model"] = saved_model
-    for name in formats:
-        if name == "saved_model":
-            continue
-        path = out_dir / FORMATS[name].filename
-        EXPORTERS[name](model, path, saved_model=saved_model, **options.get(name, {}))
-        paths[name] = path
-    if needs_sm and "saved_model" not in formats:
-        import shutil
+    try:
+        if needs_sm:
+            _export_saved_model(model, saved_model)
+            if "saved_model" in formats:
+                paths["saved_model"] = saved_model
+        for name in formats:
+            if name == "saved_model":
+                continue
+            path = out_dir / FORMATS[name].filename
+            EXPORTERS[name](model, path, saved_model=saved_model, **options.get(name, {}))
+            paths[name] = path
+    finally:  # the shared SavedModel is a by-product unless asked for, also on failure
+        if needs_sm and "saved_model" not in formats:
+            import shutil
 
-        shutil.rmtree(saved_model)
+            shutil.rmtree(saved_model, ignore_errors=True)
     return paths
 
 

@@ -149,7 +149,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.key_dense = keras.layers.Dense(model_dim, name="key", **dense)
         self.value_dense = keras.layers.Dense(model_dim, name="value", **dense)
         self.output_dense = keras.layers.Dense(model_dim, name="output", **dense)
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.last_attention_weights = None
 
     def build(self, query_shape, value_shape=None):

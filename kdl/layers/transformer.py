@@ -48,7 +48,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.norm1 = keras.layers.LayerNormalization(epsilon=epsilon, name="norm1", dtype=d)
         self.norm2 = keras.layers.LayerNormalization(epsilon=epsilon, name="norm2", dtype=d)
         self.mlp_in, self.mlp_out = _ffn(model_dim, mlp_dim, activation, d)
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, dtype=d)
 
     def build(self, x_shape):
         self.attention.build(x_shape, x_shape)
@@ -114,7 +114,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.norms = [keras.layers.LayerNormalization(epsilon=epsilon, name=f"norm{i + 1}",
                                                       dtype=d) for i in range(3)]
         self.mlp_in, self.mlp_out = _ffn(model_dim, mlp_dim, activation, d)
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, dtype=d)
 
     def build(self, x_shape, context_shape):
         self.self_attention.build(x_shape, x_shape)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import keras
-
 from kdl.export import bench
 from kdl.export.formats import FORMATS
-from pipelines.stages.train import load_data
+from pipelines.stages.common import Context, load_keras
 
-FIGURES = ("batch1_p50_ms", "batch1_p90_ms", "throughput_per_s", "rss_delta_mb",
-           "latency_vs_keras")
+FIGURES = ("batch1_p50_ms", "batch1_p90_ms", "kernel_p50_ms", "kernel_vs_fp32",
+           "throughput_per_s", "rss_delta_mb", "latency_vs_keras")
 FILE_FIGURES = ("size_bytes", "gzip_bytes", "size_vs_fp32")
 
 
@@ -58,7 +56,7 @@ def metric_name(row: dict[str, Any], figure: str) -> str:
     return f"bench/{row['format']}/{figure}{suffix}"
 
 
-def run(ctx) -> dict:
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     model_path = run_dir / "model.keras"
     report_path = run_dir / "export" / "report.json"
@@ -68,8 +66,8 @@ def run(ctx) -> dict:
         raise FileNotFoundError(f"{run_dir} has no export/report.json: run the export stage "
                                 f"first (make export RUN={run_dir})")
     report = json.loads(report_path.read_text())
-    splits = ctx.state.get("splits") or load_data(cfg)
-    model = keras.saving.load_model(model_path)
+    splits = ctx.splits()
+    model = load_keras(model_path, f"{run_dir} has no model.keras: run the train stage first")
     b = cfg.bench
     settings = bench.BenchSettings(min_reps=b.min_reps, budget_s=b.budget_s, batch=b.batch,
                                    throughput_budget_s=b.throughput_budget_s)
@@ -98,8 +96,8 @@ def run(ctx) -> dict:
     tracker.log_artifact(csv_path, "bench")
 
     summary: dict[str, Any] = {"rows": len(rows)}
-    for t, key in zip(targets, ("tflite_fp32_vs_keras_latency", "int8_vs_fp32_size"),
-                      strict=True):
+    keys = ("tflite_fp32_vs_keras_latency", "int8_vs_fp32_kernel_latency", "int8_vs_fp32_size")
+    for t, key in zip(targets, keys, strict=True):
         if t.value is not None:
             summary[key] = t.value
     base = rows[0]

@@ -9,25 +9,22 @@ writes `<run_dir>/compressed/student_distilled.keras`.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from kdl import training
 from kdl.compress.distill import Distiller
 from kdl.compress.report import count_params, file_sizes
 from kdl.config import ConfigError
-from kdl.io import atomic_path, atomic_write_json
+from kdl.io import atomic_write_json
 from kdl.models import build_model
+from pipelines.stages.common import Context, compile_model, load_trained, save_model
 
 
-def run(ctx) -> dict:
-    import keras
-
-    from pipelines.stages.prune import compile_model, load_trained
-    from pipelines.stages.train import load_data
-
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     d = cfg.distill
-    splits = ctx.state.get("splits") or load_data(cfg)
+    splits = ctx.splits()
     if splits.task != "classification":
         raise ConfigError("the distill stage needs a classification task (KL on class "
                           "probabilities); remove it from stages")
@@ -51,8 +48,7 @@ def run(ctx) -> dict:
 
     out = run_dir / "compressed" / "student_distilled.keras"
     out.parent.mkdir(exist_ok=True)
-    with atomic_path(out) as tmp:
-        distilled.save(tmp)
+    save_model(distilled, out)
     teacher_top1 = training.predict(teacher, splits.test.x).argmax(-1)
     rows = {}
     for name, model in (("teacher", teacher), ("student_alone", alone),

@@ -21,14 +21,14 @@ import numpy as np
 from kdl import training
 from kdl.data import fingerprint, sample
 from kdl.export import float32_model
-from kdl.export.litert import ExportFileError
 from kdl.io import atomic_path, atomic_write_json
 from pipelines import mobile, tf_process
-from pipelines.stages.train import load_data
+from pipelines.stages.common import Context, StageFailed, conversion_failed, load_keras
 
 
 def _run_worker(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if keras.backend.backend() == "tensorflow":
+        # Imported here: the worker module sets KERAS_BACKEND for its own process.
         from pipelines.export_worker import export_and_verify
 
         return export_and_verify(request)
@@ -68,18 +68,12 @@ def source_model(run_dir: Path) -> Path:
     return next(run_dir / p for p in SOURCES if (run_dir / p).is_file())
 
 
-def run(ctx) -> dict:
-    from pipelines.run import StageFailed
-
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     model_path = source_model(run_dir)
     tracker.set_tags({"export_source": str(model_path.relative_to(run_dir))})
-    splits = ctx.state.get("splits") or load_data(cfg)
-    try:
-        model = float32_model(keras.saving.load_model(model_path))
-    except Exception as e:  # a truncated zip, a missing custom object, ...
-        raise ExportFileError(f"{model_path}: cannot load this .keras file "
-                              f"({type(e).__name__}: {e}); train again or restore it") from None
+    splits = ctx.splits()
+    model = float32_model(load_keras(model_path, f"{model_path} is missing"))
     reference = training.predict(model, splits.test.x)
     n_rep = min(cfg.export.representative_samples, len(splits.train))
     representative = sample(splits.train,
@@ -101,7 +95,8 @@ def run(ctx) -> dict:
                                         "fingerprint": fingerprint(representative)}
             _log(tracker, report)
             if "error" in report:
-                raise StageFailed(f"export failed: {report['error']}")
+                raise conversion_failed(run_dir, "export", cfg.model.name,
+                                                   report["error"], report.get("crash"))
             if not report["passed"]:
                 atomic_write_json(run_dir / "export_report.failed.json", report)
                 raise StageFailed("exported files do not match the Keras model:\n"

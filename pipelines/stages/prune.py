@@ -16,26 +16,20 @@ import numpy as np
 
 from kdl import training
 from kdl.compress import ConstantSparsity, MagnitudePruner, PolynomialDecay
-from kdl.compress.pruning import recalibrate_batch_norm
+from kdl.compress.pruning import recalibrate_batch_norm, sparsity_check
 from kdl.compress.report import count_params
 from kdl.config import ConfigError
-from kdl.io import atomic_path, atomic_write_json
-from pipelines.stages.train import load_data
-
-
-def compile_model(model: keras.Model, task: str, learning_rate: float) -> None:
-    if task == "classification":
-        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
-    else:
-        loss, metrics = "mse", ["mae"]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
-
-
-def load_trained(ctx) -> keras.Model:
-    path = ctx.state.get("model_path") or ctx.run_dir / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"{ctx.run_dir} has no model.keras: run the train stage first")
-    return keras.saving.load_model(path)
+from kdl.gates import at_most
+from kdl.io import atomic_write_json
+from pipelines.stages.common import (
+    Context,
+    StageFailed,
+    calibration_batches,
+    compile_model,
+    fit_data,
+    load_trained,
+    save_model,
+)
 
 
 def make_schedule(cfg, total_steps: int):
@@ -59,33 +53,10 @@ def make_schedule(cfg, total_steps: int):
                            p.frequency)
 
 
-def fit_data(cfg, splits) -> dict:
-    """`fit` arguments for a fine-tune on the training split (not augmented): the arrays,
-    or for image files streamed batches (shuffled, seeded), so memory stays flat."""
-    from kdl.data import make_tf_dataset
-
-    if not hasattr(splits.train, "dataset"):
-        return {"x": splits.train.x, "y": splits.train.y, "batch_size": cfg.data.batch_size,
-                "validation_data": (splits.val.x, splits.val.y)}
-    b = cfg.data.batch_size
-    return {"x": make_tf_dataset(splits.train, b, shuffle=True, seed=cfg.train.seed),
-            "validation_data": make_tf_dataset(splits.val, b) if len(splits.val) else None}
-
-
-def calibration_batches(splits, batch_size: int = 256):
-    """The training inputs for batch-norm recalibration: the array, or streamed batches."""
-    from kdl.data import make_tf_dataset
-
-    if hasattr(splits.train, "dataset"):
-        return make_tf_dataset(splits.train, batch_size, targets=False)
-    return splits.train.x
-
-
-def run(ctx) -> dict:
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     p = cfg.prune
-    splits = ctx.state.get("splits") or load_data(cfg)
-    ctx.state["splits"] = splits
+    splits = ctx.splits()
     model = load_trained(ctx)
     baseline = training.evaluate(model, splits.test, splits.task)
     steps = math.ceil(len(splits.train) / cfg.data.batch_size) * p.epochs
@@ -116,14 +87,12 @@ def run(ctx) -> dict:
         recalibrate_batch_norm(model, calibration_batches(splits))
         layers = {v.path: float(np.mean(keras.ops.convert_to_numpy(v) == 0))
                   for _, v in prunable_weights(model)}
-    target = schedule.final_sparsity
-    off = {k: s for k, s in layers.items() if abs(s - target) > 0.005}
+    target = 1 - p.m_by_n[0] / p.m_by_n[1] if p.m_by_n else schedule.final_sparsity
+    off = {k: s for k, s in layers.items() if not at_most(abs(s - target), 0.005)}
+    check = sparsity_check(model, target, p.exclude if p.engine == "native" else ())
     test = training.evaluate(model, splits.test, splits.task)
     out = run_dir / "compressed" / "model_pruned.keras"
     out.parent.mkdir(exist_ok=True)
-    with atomic_path(out) as tmp:
-        model.save(tmp)
-    ctx.state["pruned_model_path"] = out
     name, _ = training.primary_metric(splits.task)
     counts = count_params(model)
     summary = {**counts, "target_sparsity": target,
@@ -131,9 +100,18 @@ def run(ctx) -> dict:
                "max_layer_sparsity": max(layers.values()),
                f"test_{name}": test[name], f"baseline_test_{name}": baseline[name],
                f"delta_{name}_pt": 100 * (test[name] - baseline[name])}
-    atomic_write_json(run_dir / "compressed" / "prune_report.json",
-                      {**summary, "layers": layers, "schedule": schedule.get_config(),
-                       "engine": p.engine, "layers_off_target": off})
+    summary.update(pruned_sparsity=check["pruned_sparsity"],
+                   overall_sparsity=check["overall_sparsity"])
+    report = {**summary, "layers": layers, "schedule": schedule.get_config(),
+              "engine": p.engine, "layers_off_target": off, "target_check": check}
+    if not check["met"]:
+        failed = run_dir / "compressed" / "prune_report.failed.json"
+        atomic_write_json(failed, report)
+        raise StageFailed(f"prune missed its target: {check['message']}; no pruned model "
+                          f"is saved (report: {failed})")
+    save_model(model, out)
+    ctx.state["pruned_model_path"] = out
+    atomic_write_json(run_dir / "compressed" / "prune_report.json", report)
     tracker.log_metrics({f"prune/{k}": float(v) for k, v in summary.items()})
     tracker.log_artifact(run_dir / "compressed" / "prune_report.json", "compressed")
     if off:

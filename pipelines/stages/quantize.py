@@ -29,11 +29,25 @@ import keras
 import numpy as np
 
 from kdl import training
+from kdl.compress import MagnitudePruner
+from kdl.compress.ptq import keras_quantizable_layers, keras_quantize
+from kdl.compress.qat import quantize_aware, strip_quantization
 from kdl.compress.report import count_params, file_sizes, table
 from kdl.data import fingerprint, sample
+from kdl.export import LiteRTRunner, export
+from kdl.export.formats import ExportError, last_words
 from kdl.gates import at_least, at_most, nonfinite_count
 from kdl.io import atomic_write_json, atomic_write_text
 from pipelines import tf_process
+from pipelines.stages.common import (
+    Context,
+    compile_model,
+    conversion_failed,
+    fit_data,
+    load_keras,
+    load_trained,
+    save_model,
+)
 
 FORMAT_SUFFIX = {"tflite_fp32": "fp32", "tflite_int8": "int8"}
 
@@ -42,9 +56,12 @@ FORMAT_SUFFIX = {"tflite_fp32": "fp32", "tflite_int8": "int8"}
 
 
 def convert_and_score(request: dict[str, Any]) -> dict[str, Any]:
-    """In a TensorFlow-backend process: convert each job's model, run it with LiteRT."""
-    from kdl.export import LiteRTRunner, export
+    """In a TensorFlow-backend process: convert each job's model, run it with LiteRT.
 
+    Returns:
+        `{"scores": {variant: metrics}}`, plus `error` (and `crash`, the
+        converter's `ConverterCrash.details`) when a conversion failed.
+    """
     data = np.load(request["inputs"])
     x, y, rep = data["x"], data["y"], data["representative"]
     results = {}
@@ -55,12 +72,16 @@ def convert_and_score(request: dict[str, Any]) -> dict[str, Any]:
             options = {"tflite_int8": {"representative": rep,
                                        "float_io": request.get("float_io", False)}}
         with tempfile.TemporaryDirectory() as tmp:
-            path = export(model, Path(tmp), [job["format"]], options)[job["format"]]
+            try:
+                path = export(model, Path(tmp), [job["format"]], options)[job["format"]]
+            except ExportError as e:
+                return {"scores": results, "error": f"{job['name']}: {e}",
+                        "crash": getattr(e, "details", None)}
             shutil.copyfile(path, job["out"] + ".tmp")
         os.replace(job["out"] + ".tmp", job["out"])
         pred = LiteRTRunner(job["out"]).predict(x)
         results[job["name"]] = _score(request["task"], y, pred)
-    return results
+    return {"scores": results}
 
 
 def _score(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -73,25 +94,28 @@ def _score(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {**scores, "nonfinite_outputs": bad}
 
 
-def _convert(request: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def _convert(request: dict[str, Any], workdir: Path, ctx) -> dict[str, Any]:
     if keras.backend.backend() == "tensorflow":
-        return convert_and_score(request)
-    proc = tf_process.run_module("pipelines.stages.quantize", request, workdir)
-    out = workdir / "result.json"
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"the TensorFlow conversion process failed (exit "
-                           f"{proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(out.read_text())
+        result = convert_and_score(request)
+    else:
+        proc = tf_process.run_module("pipelines.stages.quantize", request, workdir)
+        out = workdir / "result.json"
+        if proc.returncode != 0 or not out.exists():
+            raise conversion_failed(
+                ctx.run_dir / "compressed", "quantize", ctx.cfg.model.name,
+                f"the TensorFlow conversion process died (exit {proc.returncode})",
+                {"returncode": proc.returncode, "last_words": last_words(proc.stderr)})
+        result = json.loads(out.read_text())
+    if result.get("error"):
+        raise conversion_failed(ctx.run_dir / "compressed", "quantize", ctx.cfg.model.name,
+                                result["error"], result.get("crash"))
+    return result["scores"]
 
 
 # ----------------------------------------------------------------------------- stage
 
 
 def _qat_native(cfg, model, splits, out: Path, pruned: bool) -> keras.Model:
-    from kdl.compress import MagnitudePruner
-    from kdl.compress.qat import quantize_aware, strip_quantization
-    from pipelines.stages.prune import compile_model, fit_data
-
     qat = quantize_aware(model)
     compile_model(qat, splits.task, cfg.quantize.learning_rate)
     callbacks = [MagnitudePruner.keep_zeros(qat).callback()] if pruned else []
@@ -101,35 +125,26 @@ def _qat_native(cfg, model, splits, out: Path, pruned: bool) -> keras.Model:
     # No batch-norm recalibration: QAT folds each BN with its statistics frozen, and the
     # kernels were fine-tuned against those statistics.
     stripped = strip_quantization(qat, model)
-    tmp = out.with_name(out.name + ".tmp.keras")
-    stripped.save(tmp)
-    os.replace(tmp, out)
+    save_model(stripped, out)
     return stripped
 
 
 def _keras_quantized(model_path: Path, mode: str, splits, out: Path) -> dict[str, Any]:
-    from kdl.compress.ptq import keras_quantizable_layers, keras_quantize
-
-    model = keras.saving.load_model(model_path)
+    model = load_keras(model_path, f"{model_path} is missing")
     if not keras_quantizable_layers(model):
         return {"note": f"Keras model.quantize({mode!r}) skipped: the model has no Dense, "
                         "EinsumDense or Embedding layer (Keras does not quantize Conv layers)"}
     covered = keras_quantize(model, mode)
-    tmp = out.with_name(out.name + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, out)
+    save_model(model, out)
     return {"model": model, "covered": covered,
             "note": f"Keras {mode}: quantized {', '.join(covered)}; Conv layers stay float, and "
                     "Keras-quantized models serve from Keras/SavedModel, not TFLite"}
 
 
-def run(ctx) -> dict:
-    from pipelines.stages.prune import load_trained
-    from pipelines.stages.train import load_data
-
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     q = cfg.quantize
-    splits = ctx.state.get("splits") or load_data(cfg)
+    splits = ctx.splits()
     dense_path = ctx.state.get("model_path") or run_dir / "model.keras"
     dense = load_trained(ctx)
     comp = run_dir / "compressed"
@@ -137,7 +152,7 @@ def run(ctx) -> dict:
     pruned_path = ctx.state.get("pruned_model_path") or comp / "model_pruned.keras"
     pruned = pruned_path.is_file()
     source_path = pruned_path if pruned else dense_path
-    source = keras.saving.load_model(source_path)
+    source = load_keras(source_path, f"{source_path} is missing")
 
     n_rep = min(q.representative_samples, len(splits.train))
     rep = sample(splits.train, np.random.default_rng(0).permutation(len(splits.train))[:n_rep])
@@ -191,7 +206,7 @@ def run(ctx) -> dict:
         jobs = [{"name": v["variant"], "keras": str(v["keras"]), "format": v["format"],
                  "out": str(comp / v["file"])} for v in variants if "format" in v]
         scores = _convert({"inputs": str(workdir / "inputs.npz"), "jobs": jobs,
-                           "task": splits.task, "float_io": q.float_io}, workdir)
+                           "task": splits.task, "float_io": q.float_io}, workdir, ctx)
         for v in variants:
             if "tflite" in v:  # converted by tfmot: score it here via a LiteRT job
                 scores[v["variant"]] = _convert_score_file(v["tflite"], splits, workdir)
@@ -269,8 +284,6 @@ def _keras_sizes(path: Path) -> dict[str, Any]:
 
 def _convert_score_file(path: Path, splits, workdir: Path) -> dict[str, float]:
     if keras.backend.backend() == "tensorflow":
-        from kdl.export import LiteRTRunner
-
         return _score(splits.task, splits.test.y, LiteRTRunner(path).predict(splits.test.x))
     raise RuntimeError("scoring a tfmot .tflite needs the TensorFlow backend (tfmot engine "
                        "runs only from TensorFlow-backend pipelines)")

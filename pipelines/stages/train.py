@@ -7,43 +7,26 @@ import math
 import keras
 
 from kdl import training
-from kdl.config import ExperimentConfig
-from kdl.data import DataSplits, load_splits, model_input, take
-from kdl.io import atomic_path, atomic_write_json
+from kdl.backend.distribution import Distributed
+from kdl.data import DataSplits, make_tf_dataset, model_input, take
+from kdl.io import atomic_write_json
 from kdl.models import build_model
 from kdl.registry import MODELS
+from kdl.transfer import load_backbone, with_head
 from pipelines import plots, toolkit
+from pipelines.stages.common import Context, StageFailed, load_data, save_model
 
 
-def load_data(cfg: ExperimentConfig, cache_dir=None) -> DataSplits:
-    """The recipe's dataset, split and normalized exactly as in training (image files:
-    their decoded images cached under `cache_dir` when `data.cache`)."""
-    from kdl.data.sources import IMAGE_OPTIONS
-    from kdl.registry import DATASETS
-
-    d = cfg.data
-    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
-               if v is not None}
-    if DATASETS.get(d.name).meta.get("files"):
-        options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
-    options.update(d.params)
-    return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                       seed=d.seed, normalize=d.normalize, augment=d.augment,
-                       cache_dir=str(cache_dir) if d.cache and cache_dir else None, **options)
-
-
-def save_model(model: keras.Model, path) -> None:
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-
-
-def run(ctx) -> dict:
-    from pipelines.run import StageFailed
-
+def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     policy = training.prepare(cfg.train)
-    splits = load_data(cfg, run_dir / "cache")
+    splits = ctx.state.get("splits") or load_data(cfg, run_dir / "cache")  # (preflight's)
     ctx.state["splits"] = splits
+    if splits.dropped:  # data.nonfinite=drop: counted, reported
+        print(f"data: dropped {sum(splits.dropped.values())} examples holding NaN or inf "
+              f"({', '.join(f'{k} {v}' for k, v in splits.dropped.items())})")
+        tracker.log_metrics({f"data/nonfinite_dropped_{k}": v
+                             for k, v in splits.dropped.items()})
     if splits.files_report is not None:  # image files: what was read, what was skipped
         report = splits.files_report
         atomic_write_json(run_dir / "data_report.json", report)
@@ -54,8 +37,6 @@ def run(ctx) -> dict:
             print(f"data: skipped {report['skipped']} unusable file(s) of {report['root']} "
                   f"(listed in {run_dir / 'data_report.json'})")
     if splits.augment is not None:  # one augmented training batch, to look at
-        from kdl.data import make_tf_dataset
-
         plots.image_batch(make_tf_dataset(splits.train, 32, shuffle=True, seed=cfg.data.seed,
                                           augment=splits.augment),
                           run_dir / "augmented_batch.png", "one augmented training batch")
@@ -63,36 +44,47 @@ def run(ctx) -> dict:
     atomic_write_json(run_dir / "preprocessing.json", {
         "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
         "task": splits.task, "label_names": splits.label_names,
-        "data_fingerprint": splits.fingerprint, "data_info": splits.info})
+        "data_fingerprint": splits.fingerprint, "data_info": splits.info,
+        "nonfinite_dropped": splits.dropped})
     tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
 
+    dist = ctx.state.get("distribution") or Distributed()
     if "data_arg" in MODELS.get(cfg.model.name).meta:  # trained by its own losses (zoo)
         return run_custom(ctx, splits)
     transfer = cfg.train.transfer
-    if transfer.backbone:  # a trained backbone and a new head (docs/training.md)
-        from kdl.transfer import load_backbone, with_head
+    with dist.scope():  # variables made, and fit run, on the configured devices
+        if transfer.backbone:  # a trained backbone and a new head (docs/training.md)
+            backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
+            model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
+        else:
+            model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
+                                task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+        steps = math.ceil(len(splits.train) / cfg.data.batch_size)
+        training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
+        dist.check_layout(model)
+        tracker.log_params({"precision_policy": policy, "params": model.count_params(),
+                            "train_examples": len(splits.train)})
 
-        backbone = load_backbone(transfer.backbone, cut_at=transfer.cut_at)
-        model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
-    else:
-        model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                            task=splits.task, preset=cfg.model.preset, **cfg.model.params)
-    steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-    training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
-    tracker.log_params({"precision_policy": policy, "params": model.count_params(),
-                        "train_examples": len(splits.train)})
-
-    callbacks = [tracker.keras_callback("train/"), *ctx.state.get("callbacks", []),
-                 *toolkit.train_callbacks(ctx, splits)]
-    toolkit.log_schedule_plot(ctx, model, cfg.train.epochs * steps)
-    if transfer.backbone and transfer.phases:
-        result = training.fit_phases(model, backbone, splits, cfg.train, cfg.data.batch_size,
-                                     callbacks=callbacks)
-        atomic_write_json(run_dir / "transfer_phases.json", result.extra["phases"])
-    else:
-        result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
-                              callbacks=callbacks, checkpoint_dir=toolkit.checkpoint_dir(ctx))
+        callbacks = [tracker.keras_callback("train/"), *ctx.state.get("callbacks", []),
+                     *toolkit.train_callbacks(ctx, splits)]
+        toolkit.log_schedule_plot(ctx, model, cfg.train.epochs * steps)
+        if transfer.backbone and transfer.phases:
+            result = training.fit_phases(model, backbone, splits, cfg.train,
+                                         cfg.data.batch_size, callbacks=callbacks)
+            atomic_write_json(run_dir / "transfer_phases.json", result.extra["phases"])
+        else:
+            result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
+                                  callbacks=callbacks,
+                                  checkpoint_dir=toolkit.checkpoint_dir(ctx))
     model = result.extra.get("model", model)  # a resumed run continues a restored model
+    if not dist.is_chief:  # process k > 0: its part of training is done
+        return {"process_id": dist.process_id, "epochs": result.epochs_run}
+    if dist.kind != "none":
+        atomic_write_json(run_dir / "distribution.json", {
+            **dist.params(), "devices": dist.devices, "mesh": dist.mesh,
+            "variables": dist.variable_layouts(model)})
+        tracker.log_artifact(run_dir / "distribution.json")
+    model = dist.local_model(model, run_dir)
     atomic_write_json(run_dir / "history.json", result.history)
     if result.history.get("loss"):
         plots.training_curves(result.history, run_dir / "training_curves.png")
@@ -135,7 +127,7 @@ def run(ctx) -> dict:
     return metrics
 
 
-def run_custom(ctx, splits: DataSplits) -> dict:
+def run_custom(ctx: Context, splits: DataSplits) -> dict:
     """Train a `CustomTrainModel` (VAE, GAN, DDPM, SimCLR, ...) on the inputs alone.
 
     Its registry entry names the argument that takes the data's shape
@@ -148,20 +140,25 @@ def run_custom(ctx, splits: DataSplits) -> dict:
     `probe_features` (CLIP) on labelled data report a linear probe's test
     accuracy, trained and untrained.
     """
-    from pipelines.run import StageFailed
-
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     entry = MODELS.get(cfg.model.name)
-    model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
-                         **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
-    probing = hasattr(model, "probe_features") and splits.task == "classification"
-    if probing:  # the same encoder before training: the random-encoder baseline
-        untrained = probe_accuracy(model, splits)
-    steps = math.ceil(len(splits.train) / cfg.data.batch_size)
-    model.compile(training.make_optimizer(cfg.train, steps))
-    result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
-                          callbacks=[tracker.keras_callback("train/"),
-                                     *ctx.state.get("callbacks", [])])
+    dist = ctx.state.get("distribution") or Distributed()
+    with dist.scope():
+        model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
+                             **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+        probing = hasattr(model, "probe_features") and splits.task == "classification"
+        if probing:  # the same encoder before training: the random-encoder baseline
+            untrained = probe_accuracy(model, splits)
+        steps = math.ceil(len(splits.train) / cfg.data.batch_size)
+        model.compile(training.make_optimizer(cfg.train, steps))
+        result = training.fit(model, splits, cfg.train, cfg.data.batch_size,
+                              callbacks=[tracker.keras_callback("train/"),
+                                         *ctx.state.get("callbacks", [])])
+    if not dist.is_chief:
+        return {"process_id": dist.process_id}
+    if dist.num_processes > 1:  # a copy of this process's own, compiled for evaluate
+        model = dist.local_model(model, run_dir)
+        model.compile(training.make_optimizer(cfg.train, steps))
     atomic_write_json(run_dir / "history.json", result.history)
     if result.diagnosis is not None:
         atomic_write_json(run_dir / "diagnosis.json", result.diagnosis)

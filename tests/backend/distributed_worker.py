@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from kdl.backend.distribution import check_config, setup
-from kdl.config import from_dict
+from pipelines.config import from_dict
 
 STEPS = 20
 BATCH = 32

@@ -87,7 +87,7 @@ def test_the_equivalence_gate_catches_a_difference():
     ({"kind": "data_parallel", "devices": 0}, "tensorflow", "must be >= 1"),
 ])
 def test_bad_distribution_is_named(cfg, backend, message):
-    from kdl.config import from_dict
+    from pipelines.config import from_dict
 
     d = from_dict({"train": {"distribution": cfg}}).train.distribution
     got = check_config(d, 32, backend)
@@ -97,7 +97,38 @@ def test_bad_distribution_is_named(cfg, backend, message):
 def test_good_distributions_pass():
     assert check_config(DistributionConfig(), 32, "torch") is None
     for cfg, backend in ((DP, "tensorflow"), (DP, "jax"), (MP, "jax")):
-        from kdl.config import from_dict
+        from pipelines.config import from_dict
 
         d = from_dict({"train": {"distribution": cfg}}).train.distribution
         assert check_config(d, 32, backend) is None
+
+
+def test_processes_from_the_standard_variables(monkeypatch):
+    import json as _json
+
+    from kdl.backend.distribution import process_env, setup
+
+    for k in ("KERAS_DISTRIBUTION_NUM_PROCESSES", "JAX_NUM_PROCESSES", "SLURM_NTASKS",
+              "TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_PROCESS_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert process_env() == (None, 1, 0)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert process_env() == (None, 4, 3)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    assert process_env() == ("10.0.0.1:1234", 2, 1)  # JAX's before SLURM's
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "h:1")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "3")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "2")
+    assert process_env() == ("h:1", 3, 2)  # Keras's first
+    d = DistributionConfig(kind="data_parallel", coordinator="c:9", num_processes=5, process_id=0)
+    assert process_env(d) == ("c:9", 5, 0)  # the config over the environment
+    for k in ("KERAS_DISTRIBUTION_NUM_PROCESSES", "JAX_NUM_PROCESSES", "SLURM_NTASKS"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("TF_CONFIG", _json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                 "task": {"type": "worker", "index": 1}}))
+    assert process_env() == ("a:1", 2, 1)
+    with pytest.raises(ValueError, match="set kind=data_parallel"):
+        setup(DistributionConfig())  # several processes, nothing to distribute

@@ -124,14 +124,37 @@ def test_targets_are_reported_not_asserted():
 
     rows = bench.add_ratios([row("keras", "keras/jax", None, 2.0), row("tflite_fp32", size=1000),
                              row("tflite_int8", size=400)])
-    lat, size = bench.targets(rows, num_params=150_000)
+    lat, kernel, size = bench.targets(rows, num_params=150_000)
     assert (lat.value, lat.met) == (0.5, False)
+    assert (kernel.value, kernel.met) == (None, None)  # no kernel column measured
     assert (size.value, size.met) == (0.4, False)
-    small = bench.targets(rows, num_params=5_000)[1]
+    small = bench.targets(rows, num_params=5_000)[2]
     assert small.met is None and "not applicable" in small.note
     rows[1]["batch1_p50_ms"] = 0.4
     assert bench.targets(bench.add_ratios(rows), num_params=150_000)[0].met is True
-    assert [t.value for t in bench.targets([row("tflite_fp32")])] == [None, None]
+    assert [t.value for t in bench.targets([row("tflite_fp32")])] == [None, None, None]
+
+
+@pytest.mark.once
+def test_int8_vs_fp32_comes_from_the_kernel_column():
+    """The app path (quantize/dequantize included) may be slower for int8 while its kernel
+    is faster: the int8/fp32 figure is the kernel's, at the same thread count."""
+    def row(fmt, threads, app, kernel):
+        return {c: None for c in bench.COLUMNS} | {
+            "format": fmt, "runtime": "litert", "threads": threads, "batch1_p50_ms": app,
+            "kernel_p50_ms": kernel}
+
+    rows = bench.add_ratios([row("tflite_fp32", 1, 0.010, 0.008), row("tflite_int8", 1, 0.014,
+                                                                       0.004),
+                             row("tflite_fp32", 2, 0.009, 0.010), row("tflite_int8", 2, 0.011,
+                                                                       0.005)])
+    assert [r["kernel_vs_fp32"] for r in rows] == [1.0, 0.5, 1.0, 0.5]
+    kernel = bench.targets(rows)[1]
+    assert (kernel.value, kernel.met) == (0.5, True)
+    rows[1]["kernel_p50_ms"] = 0.012
+    assert bench.targets(bench.add_ratios(rows))[1].met is False
+    rows[1]["kernel_p50_ms"] = float("nan")  # a broken figure fails the target
+    assert bench.targets(bench.add_ratios(rows))[1].met is False
 
 
 @pytest.mark.once
@@ -190,6 +213,29 @@ def test_litert_saved_model_and_keras_on_one_table(tiny_export, tmp_path):
         assert r["rss_delta_mb"] is not None and r["rss_delta_mb"] >= 0
     # An 8x16x3 MLP: the interpreter call is far cheaper than a TF eager model(x) call.
     assert rows[2]["latency_vs_keras"] < 1.0
+    assert all(r["kernel_p50_ms"] is None for r in rows)  # these runnables define no kernel
+
+
+@pytest.mark.tf_only
+def test_litert_kernel_column_runs_the_model_on_the_prepared_tensor(tiny_export):
+    """`kernel_p50_ms` times the bare `invoke` of the real int8 file; the prepared tensor
+    is the quantized input, so the kernel's raw output is the app path's, before dequantize."""
+    from kdl.export.litert import LiteRTRunner, dequantize
+
+    t = tiny_export
+    runner = LiteRTRunner(t.int8, num_threads=1)
+    invoke = runner.kernel(t.x[:1])
+    invoke()
+    raw = runner.interpreter.get_tensor(runner.output["index"])
+    assert raw.dtype == np.int8
+    np.testing.assert_array_equal(dequantize(raw, *runner.output["quantization"]),
+                                  runner(t.x[:1]))
+    rows = bench.benchmark([bench.litert_runnable(t.fp32, "tflite_fp32"),
+                            bench.litert_runnable(t.int8, "tflite_int8")], t.x, FAST)
+    assert all(r["kernel_p50_ms"] > 0 for r in rows)
+    assert rows[0]["kernel_vs_fp32"] == 1.0
+    assert rows[1]["kernel_vs_fp32"] == pytest.approx(
+        rows[1]["kernel_p50_ms"] / rows[0]["kernel_p50_ms"])
     assert bench.saved_model_runnable(t.dir / "missing").load is not None
     with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
         bench.saved_model_runnable(t.dir / "missing").load()

@@ -7,7 +7,8 @@ import shutil
 import keras
 import pytest
 
-from kdl.config import ConfigError, load_config
+from pipelines.config import ConfigError, load_config
+from pipelines.tracking import run_label
 
 FAST = ["train.epochs=2", "export.formats=[saved_model,tflite_fp32,tflite_int8]",
         "bench.budget_s=0.02", "bench.throughput_budget_s=0.01", "bench.min_reps=5",
@@ -85,8 +86,7 @@ def test_bench_stage_writes_the_table(finished):
 def test_failed_verification_leaves_no_bundle(finished, monkeypatch):
     import pipelines.verify_bundle as vb
     from pipelines import mobile
-    from pipelines.run import Context
-    from pipelines.stages.train import load_data
+    from pipelines.stages.common import Context, load_data
     from pipelines.tracking import Tracker
 
     cfg, run_dir, _, _ = finished
@@ -105,8 +105,8 @@ def test_failed_verification_leaves_no_bundle(finished, monkeypatch):
 
 @pytest.mark.tf_only
 def test_bench_needs_an_exported_run(finished, tmp_path):
-    from pipelines.run import Context
     from pipelines.stages import bench
+    from pipelines.stages.common import Context
     from pipelines.tracking import Tracker
 
     cfg, run_dir, _, _ = finished
@@ -141,7 +141,7 @@ def test_registry_alias_candidate_after_verify(tmp_path):
     client = MlflowClient(uri)
     name = f"kdl-{cfg.name}"
     mv = client.get_model_version_by_alias(name, "candidate")
-    assert mv.tags["kind"] == "mobile-bundle" and mv.tags["run_dir"] == str(run_dir)
+    assert mv.tags["kind"] == "mobile-bundle" and mv.tags["run_dir"] == run_label(run_dir)
     assert mv.tags["source_run"] == tracker.parent_id
     assert results["export"]["candidate"] == f"{name} v{mv.version}"
     files = {f.path for f in client.list_artifacts(mv.run_id, "bundle")}
@@ -155,3 +155,35 @@ def test_registry_alias_candidate_after_verify(tmp_path):
         f"tags.mlflow.parentRunId = '{tracker.parent_id}' and tags.stage = 'bench'")
     tables = {f.path for f in client.list_artifacts(bench_run.info.run_id, "bench")}
     assert {"bench/benchmark.json", "bench/benchmark.md", "bench/benchmark.csv"} <= tables
+
+
+@pytest.mark.slow  # trains a tiny LSTM, exports, and lets the converter really crash
+@pytest.mark.tf_only
+def test_converter_crash_fails_the_export_stage_cleanly(tmp_path, monkeypatch):
+    """With kdl's recurrent recipe switched off (injected), full-int8 calibration of the LSTM
+    segfaults the converter process: the stage fails with one message (stage, model,
+    format, last words), writes tflite_int8.failed.json, marks its MLflow runs FAILED and
+    leaves no work directory."""
+    from mlflow.tracking import MlflowClient
+
+    from kdl.export import formats
+    from pipelines.run import StageFailed, run_pipeline
+
+    monkeypatch.setattr(formats, "unrolled_model", lambda model: model)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config("rnn_sine", [f"output_dir={tmp_path}", f"tracking.uri={uri}",
+                                   "model.preset=tiny", "train.epochs=1",
+                                   "data.params={n: 300, length: 8}",
+                                   "export.formats=[tflite_int8]"])
+    with pytest.raises(StageFailed, match=r"export of model 'rnn' failed: tflite_int8: the TFLite "
+                                          r"converter crashed while converting and calibrating "
+                                          r"\(SIGSEGV\); its last words: .*calibrator"):
+        run_pipeline(cfg, ["train", "export"], log=lambda *a: None)
+    (run_dir,) = [p for p in (tmp_path / cfg.name).iterdir() if p.is_dir()]
+    report = json.loads((run_dir / "tflite_int8.failed.json").read_text())
+    assert report["signal"] == "SIGSEGV" and report["model"] == "rnn"
+    assert not list(run_dir.glob(".*")) and not (run_dir / "export").exists()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.name).experiment_id])
+    status = {r.data.tags.get("stage", "parent"): r.info.status for r in runs}
+    assert status == {"parent": "FAILED", "train": "FINISHED", "export": "FAILED"}

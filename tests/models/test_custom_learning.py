@@ -96,7 +96,7 @@ def test_simclr_linear_probe_beats_a_random_encoder(digits):
 def test_clip_recipe_probe_beats_its_untrained_encoder(tmp_path):
     """`clip_digits` through the train stage: the image encoder's linear probe, trained
     on digits paired with generated captions, against the same encoder untrained."""
-    from kdl.config import load_config
+    from pipelines.config import load_config
     from pipelines.run import run_pipeline
 
     cfg = load_config("clip_digits", [f"output_dir={tmp_path}", "tracking.enabled=false",

@@ -4,10 +4,10 @@ sample-quality figure, and (slow) the recipes reaching their bar through the tra
 import numpy as np
 import pytest
 
-from kdl.config import load_config
 from kdl.data import load_splits
 from kdl.data.core import Normalizer
 from kdl.models.generative import classifier_confidence
+from pipelines.config import load_config
 
 
 def test_symmetric_normalizer_maps_the_training_range_to_minus_one_one():
@@ -33,8 +33,8 @@ def test_digits_load_in_tanh_range_and_recipes_ask_for_it():
 
 
 def test_gan_recipes_set_adams_beta_1_and_it_reaches_the_optimizer():
-    from kdl.config import ConfigError
     from kdl.training import make_optimizer
+    from pipelines.config import ConfigError
 
     cfg = load_config("dcgan_digits")
     assert cfg.train.beta_1 == 0.5

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdl.config import load_config
+from pipelines.config import load_config
 
 BARS = [
     ("lenet5_digits", "test_accuracy", 0.95),

@@ -15,11 +15,11 @@ import keras
 import numpy as np
 import pytest
 
-from kdl.config import ConfigError, load_config
 from kdl.data import DataError, load_splits, make_tf_dataset
 from kdl.models import build_model
 from kdl.models.decoding import greedy_decode
 from kdl.training import score, sequence_scores
+from pipelines.config import ConfigError, load_config
 
 
 def growing_decode(model, source, start_id, steps):

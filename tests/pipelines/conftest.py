@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdl.config import load_config
+from pipelines.config import load_config
 
 
 @pytest.fixture(scope="session")

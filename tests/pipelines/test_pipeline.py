@@ -48,7 +48,7 @@ def test_export_parity_holds_for_the_trained_backend(default_run):
 def test_reloaded_model_reproduces_the_test_accuracy(default_run):
     cfg, run_dir, _, _ = default_run
     from kdl.training import evaluate
-    from pipelines.stages.train import load_data
+    from pipelines.stages.common import load_data
 
     model = keras.saving.load_model(run_dir / "model.keras")
     acc = evaluate(model, load_data(cfg).test, "classification")["accuracy"]

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from kdl.config import load_config, save_config
 from pipelines.cli import main
+from pipelines.config import load_config, save_config
 
 COMMON = ["--set", "tracking.enabled=false", "--set", "train.verbose=0", "--stages", "train"]
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from kdl.config import ConfigError, load_config
 from pipelines.cli import main
+from pipelines.config import ConfigError, load_config
 
 SPACE = ("tune.space={"
          "train.learning_rate: {type: float, low: 0.001, high: 0.1, log: true}, "

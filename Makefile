@@ -12,7 +12,8 @@ PORT ?= 5000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run train export test test-slow lint ui bench verify-bundle clean
+.PHONY: help venv run train export test test-slow lint ui bench verify-bundle clean \
+	postgres tracking-server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,7 +43,7 @@ export: venv ## export and verify an earlier run: make export RUN=saved_models/<
 # pipeline halves its CPU time. TensorFlow uses no XLA on CPU; the slow suite keeps the defaults.
 FAST_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 
-test: venv ## the test suite, once per backend, each in its own process
+test: venv postgres ## the test suite, once per backend, each in its own process
 	@failed=""; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
 	  XLA_FLAGS="$(FAST_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$$b $(PY) -m pytest -m "not slow" -q -p no:cacheprovider $(PYTEST_ARGS) || failed="$$failed $$b"; \
@@ -60,6 +61,17 @@ lint: venv ## ruff
 ui: venv ## the MLflow UI over the project's store, on http://127.0.0.1:$(PORT)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+# The team tracking server: PostgreSQL from the OS packages (installed here when missing;
+# needs root, as CI runs), its data in $(SERVER_DIR); Ctrl-C stops PostgreSQL and MLflow.
+SERVER_DIR ?= $(CURDIR)/.tracking-server
+
+postgres: ## install PostgreSQL's server binaries from the OS packages if missing
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+tracking-server: venv postgres ## MLflow server, PostgreSQL store, proxied artifacts, 127.0.0.1:$(PORT)
+	$(PY) -m pipelines tracking-server --dir $(SERVER_DIR) --port $(PORT)
 
 bench: venv ## benchmark a run's exports: make bench RUN=<run dir>; no RUN: train-stage overhead
 	@if [ -n "$(RUN)" ]; then KERAS_BACKEND=$(BACKEND) $(PY) -m pipelines bench $(RUN); \

@@ -73,6 +73,9 @@ class DataConfig:
     # channel/feature to [-1, 1] by its training min and max (a tanh generator's range);
     # False: as loaded.
     normalize: Literal[True, False, "standardize", "symmetric"] = True
+    # Examples holding NaN/inf: "error" refuses the data (how many, where); "drop" drops
+    # them, counted per split in preprocessing.json and the train stage's figures.
+    nonfinite: Literal["error", "drop"] = "error"
     batch_size: int = 64
     # Image files (image_folder, image_csv, shapes; docs/images.md): the model's input size,
     # colour, resize method and aspect-ratio policy; a tf.data file cache of the decoded
@@ -186,6 +189,9 @@ class TrainConfig:
     param_groups: list[ParamGroupConfig] = field(default_factory=list)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     distribution: DistributionConfig = field(default_factory=DistributionConfig)
+    # Kamiran-Calders reweighing: a side column of the dataset (e.g. biased_credit's
+    # `group`); each training example is weighted P(group) P(label) / P(group, label).
+    reweigh: str | None = None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -370,6 +376,11 @@ def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig) 
     if d.name == "csv":
         _check_csv(d.path, d.target)
     _check_dataset(data, train)
+    if train.reweigh:
+        check_column(data, train.reweigh, "train.reweigh")
+        if train.checkpoint:
+            raise ConfigError("train.reweigh with train.checkpoint is not supported (resumable "
+                              "training takes no sample weights): set train.checkpoint=false")
     _check_images(data, model, train)
     if train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1 (got {train.epochs})")
@@ -416,6 +427,10 @@ def _check_distribution(train: TrainConfig, batch_size: int) -> None:
     message = check_distribution(train.distribution, batch_size)
     if message:
         raise ConfigError(message)
+    if train.distribution.kind != "none" and train.checkpoint:
+        raise ConfigError("train.checkpoint (resume) is not supported under "
+                          "train.distribution yet: set train.checkpoint=false or "
+                          "train.distribution.kind=none")
     if train.distribution.kind != "none" and train.transfer.phases:
         raise ConfigError("train.distribution covers one fit: train.transfer.phases are not "
                           "distributed; set train.distribution.kind=none or drop the phases")
@@ -460,6 +475,24 @@ def _check_images(data: DataConfig, model: ModelConfig, train: TrainConfig) -> N
     if takes_raw_pixels(model) and d.normalize:
         raise ConfigError(f"model {model.name!r} takes raw pixels in [0, 255] and rescales "
                           "inside: set data.normalize=false")
+
+
+def dataset_columns(data: DataConfig) -> list[str]:
+    """The side columns of the configured dataset (`RawData.columns`): a CSV's columns
+    but the target, else the dataset's registered `columns`."""
+    if data.name == "csv":
+        with Path(data.path).expanduser().open(newline="") as fh:
+            return [c for c in next(csv.reader(fh), []) if c != data.target]
+    return list(DATASETS.get(data.name).meta.get("columns", ()))
+
+
+def check_column(data: DataConfig, column: str, key: str) -> None:
+    """`key` names a side column of the dataset; the error lists them."""
+    columns = dataset_columns(data)
+    if column not in columns:
+        raise ConfigError(f"{key}: dataset {data.name!r} has no column {column!r}."
+                          f"{close_matches(column, columns)} Columns: "
+                          f"{', '.join(columns) or 'none (csv and biased_credit have some)'}.")
 
 
 def _check_csv(path: str, target: str | None) -> None:

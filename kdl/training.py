@@ -119,11 +119,24 @@ def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder
     return train_ds, val_ds
 
 
+def reweighed(splits: DataSplits, column: str) -> DataSplits:
+    """`splits` whose training examples carry Kamiran-Calders weights
+    P(group) P(label) / P(group, label) of the side column `column`."""
+    import dataclasses
+
+    from kdl.evaluate.fairness import reweighing_weights
+
+    train = splits.train
+    weights = reweighing_weights(train.column(column), train.y)
+    return dataclasses.replace(splits, train=dataclasses.replace(train, weight=weights))
+
+
 def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: int,
         callbacks: list[keras.callbacks.Callback] = (), checkpoint_dir=None) -> TrainResult:
     """Train a compiled model on `splits.train`, validating on `splits.val`.
 
-    Early stopping restores the best weights. A non-finite loss stops training
+    Early stopping restores the best weights. `cfg.reweigh` weights the training
+    examples (`reweighed`). A non-finite loss stops training
     and is reported in `TrainResult.diagnosis` (the caller decides how to fail).
     With `checkpoint_dir` (and `cfg.checkpoint`), training checkpoints there and
     continues from its latest checkpoint; the trained model, a new object when
@@ -131,6 +144,8 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     """
     dist = distribution.active()
     drop = dist is not None and dist.drop_remainder  # JAX: every batch splits evenly
+    if cfg.reweigh:
+        splits = reweighed(splits, cfg.reweigh)
     train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed, drop)
     if dist is not None:
         head = splits.train.head(batch_size)

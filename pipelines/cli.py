@@ -8,12 +8,16 @@ reported in one line without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import os
 import signal
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (CUDA look-ups, oneDNN and CPU-feature notices) are
+# hidden unless --verbose: a one-line error is then the only thing on stderr.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     lau.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value (every process)")
     lau.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
+    srv = sub.add_parser("tracking-server", help="a team's MLflow server: PostgreSQL store, "
+                         "proxied artifacts, on 127.0.0.1 (docs/scale.md); Ctrl-C stops it")
+    srv.add_argument("--dir", type=Path, default=Path(".tracking-server"),
+                     help="PostgreSQL data, artifacts and logs (default .tracking-server/)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=5000)
     tun = sub.add_parser("tune", help="Optuna search over the recipe's tune.space")
     tun.add_argument("recipe")
     tun.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value, e.g. tune.trials=8")
+    tun.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="run the trials in N local processes sharing the study "
+                     "(tune.storage, e.g. postgresql://...)")
+    tun.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("list", help="list recipes, models, datasets, schedules and formats")
     export = sub.add_parser("export", help="export and verify an earlier run directory")
     export.add_argument("run_dir", type=Path)
@@ -60,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override the run's config, e.g. "
                        "bench.threads=[1,4] bench.budget_s=2")
+    evaluate = sub.add_parser("evaluate", help="evaluate an earlier run directory: per-class "
+                              "metrics of the Keras model and its exported files, calibration, "
+                              "explanations, robustness, fairness (evaluation/report.md)")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override the run's config, e.g. "
+                          "evaluate.robustness_examples=500 evaluate.sensitive=group")
     verify = sub.add_parser("verify-bundle", help="replay a mobile bundle's golden vectors "
                             "(numpy + ai-edge-litert only; exit 0 pass, 1 mismatch, 2 malformed)")
     verify.add_argument("bundle_dir", type=Path)
@@ -103,7 +124,7 @@ def cmd_list() -> int:
 
 def cmd_run(args) -> int:
     from pipelines import toolkit
-    from pipelines.config import STAGES, load_config
+    from pipelines.config import check_stages, load_config, validate
     from pipelines.run import continue_run, run_pipeline, summary_table
 
     stages = args.stages.split(",") if args.stages else None
@@ -111,6 +132,8 @@ def cmd_run(args) -> int:
         if args.recipe or args.overrides:
             return _error("--resume takes the run directory, not a recipe or --set "
                           "(the run's config is reused)")
+        if stages:
+            check_stages(stages)
         run_dir, results, tracker = continue_run(args.resume, stages, resume=True)
         print()
         print(summary_table(run_dir, results, tracker))
@@ -121,9 +144,9 @@ def cmd_run(args) -> int:
     if args.sanity and not toolkit.sanity(cfg):
         print("\nFAILED: sanity check (overfit one batch); not training", file=sys.stderr)
         return 1
-    unknown = [s for s in stages or () if s not in STAGES]
-    if unknown:
-        return _error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    if stages:  # the recipe's rules, before any work; config.yaml records them (--resume)
+        cfg = dataclasses.replace(cfg, stages=stages)
+        validate(cfg)
     from kdl.backend.distribution import setup
 
     try:  # joins the other processes of a distributed run; before any other device use
@@ -132,7 +155,7 @@ def cmd_run(args) -> int:
         return _error(str(e))
     # a launcher (or scheduler) stops this process with SIGTERM: end the MLflow run FAILED
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    run_dir, results, tracker = run_pipeline(cfg, stages, dist=dist)
+    run_dir, results, tracker = run_pipeline(cfg, dist=dist)
     if not dist.is_chief:
         print(f"process {dist.process_id} of {dist.num_processes}: trained "
               f"{results['train'].get('epochs')} epoch(s); process 0 writes the run")
@@ -143,7 +166,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """`export RUN_DIR` / `bench RUN_DIR`: that one stage again in an earlier run."""
+    """`export|bench|evaluate RUN_DIR`: that one stage again in an earlier run."""
     from pipelines.run import continue_run, summary_table
 
     run_dir, results, tracker = continue_run(args.run_dir, [args.command], args.overrides)
@@ -152,16 +175,30 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command_line = argv is None  # the real CLI (not main([...]) inside another program)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:  # TensorFlow's and absl's own logging back on
+        argv.remove("--verbose")
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif command_line:
+        _quiet()
     if argv[:1] == ["predict"]:  # its own parser, before any kdl import (no Keras, no TF)
         from pipelines.predict import main as predict_main
 
         return predict_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "launch" and args.processes < 1:  # before any import starts a backend
+        return _error(f"--processes must be >= 1 (got {args.processes})")
+    if args.command == "tune" and args.workers < 0:
+        return _error(f"--workers must be >= 0 (got {args.workers})")
     if args.command == "verify-bundle":  # before any kdl import: no Keras, no TensorFlow
         from pipelines.verify_bundle import main as verify_main
 
         return verify_main([str(args.bundle_dir), "--threads", str(args.threads)])
+    if args.command in ("export", "bench", "evaluate") and not (
+            args.run_dir / "config.yaml").is_file():  # before Keras and TensorFlow start
+        return _error(f"{args.run_dir.resolve()} is not a kdl run directory (no config.yaml); "
+                      "RUN= takes a directory under saved_models/<experiment>/")
     from kdl.config import ConfigError
     from kdl.data import DataError
     from kdl.export.litert import ExportFileError
@@ -188,20 +225,26 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cartpole(args.out, steps=args.steps, seed=args.seed,
                                   episodes=args.episodes)
             return 0 if result["solved"] else 1
-        if args.command in ("export", "bench"):
+        if args.command in ("export", "bench", "evaluate"):
             return cmd_export(args)
         if args.command == "tune":
             from pipelines.config import load_config
             from pipelines.tune import tune
 
-            tune(load_config(args.recipe, args.overrides))
+            tune(load_config(args.recipe, args.overrides), workers=args.workers,
+                 worker=args.worker, recipe=args.recipe, overrides=args.overrides)
             return 0
+        if args.command == "tracking-server":
+            from pipelines.tracking_server import ServerError, serve
+
+            try:
+                return serve(args.dir, args.host, args.port)
+            except ServerError as e:
+                return _error(str(e))
         if args.command == "launch":
             from pipelines.config import load_config
             from pipelines.launch import launch
 
-            if args.processes < 1:
-                return _error(f"--processes must be >= 1 (got {args.processes})")
             load_config(args.recipe, args.overrides)  # bad input: one line, before any process
             return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":
@@ -217,3 +260,58 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.errno not in OS_ERRORS:
+            raise
+        return _error(os_error_message(e))
+
+
+# Errors of the machine, not of kdl: one line, exit 2 (docs/errors.md).
+OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_message(e: OSError) -> str:
+    """"no space left" (which path, how much is free) / "permission denied" (which path)."""
+    import shutil
+
+    path = e.filename or getattr(e, "kdl_path", None)
+    where = f" writing {path}" if path else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        free = ""
+        probe = Path(path) if path else Path.cwd()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = f" ({shutil.disk_usage(probe).free:,} bytes free on {probe})"
+        except OSError:
+            pass
+        what = "file size limit reached" if e.errno == errno.EFBIG else "no space left on device"
+        return f"{what}{where}{free}: free space or set output_dir=<a larger disk>"
+    what = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+    return f"{what}{where}: make it writable or set output_dir=<a writable directory>"
+
+
+def _quiet() -> None:
+    """Native libraries' stderr (absl/XLA/TensorFlow C++ lines written before their logging
+    starts, which TF_CPP_MIN_LOG_LEVEL does not reach) goes to a scratch file, while
+    Python's `sys.stderr` (our errors, warnings, tracebacks) keeps the real stderr; the
+    absl/TensorFlow/MLflow Python loggers go to ERROR/WARNING. `--verbose` keeps it all."""
+    import logging
+    import tempfile
+
+    if not hasattr(sys.stderr, "fileno"):
+        return
+    try:
+        fd = sys.stderr.fileno()
+        sys.stderr.flush()
+        real = os.dup(fd)
+    except (OSError, ValueError):  # not a real file (pytest capture, IDE console)
+        return
+    scratch = tempfile.TemporaryFile(prefix="kdl-native-stderr-")
+    os.dup2(scratch.fileno(), fd)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding,
+                           errors="backslashreplace")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its store-migration notices
+    for name in ("absl", "tensorflow", "h5py", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)

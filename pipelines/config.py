@@ -9,6 +9,7 @@ work, naming the key and the fix.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from kdl.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
+    check_column,
     check_name,
     check_preset,
     close_matches,
@@ -68,8 +70,18 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage("QAT, TFLite fp32/int8 variants, the compression report",
                       {**_NEEDS_TRAINED,
                        "prune": "after prune (QAT keeps the pruning masks)"}),
-    "export": Stage("every configured format, verified against the Keras model; the bundle"),
-    "bench": Stage("latency, throughput, size and memory of the exported files"),
+    "export": Stage("every configured format, verified against the Keras model; the bundle",
+                    {**_NEEDS_TRAINED,
+                     **{s: f"exports what {s} made: put it after {s}"
+                        for s in ("distill", "prune", "quantize")}}),
+    "evaluate": Stage("per-class metrics of every model that runs here, calibration, "
+                      "explanations, robustness, fairness",
+                      {**_NEEDS_TRAINED,
+                       "export": "after export (it scores the exported files and writes "
+                                 "the temperature into the bundle)",
+                       "quantize": "after quantize (it scores the compressed models)"}),
+    "bench": Stage("latency, throughput, size and memory of the exported files",
+                   {"export": "measures the exported files: put it after export"}),
 }
 
 
@@ -107,13 +119,39 @@ class ExportConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The evaluate stage (docs/evaluate.md). Defaults keep it cheap: a few examples
+    explained, a few attack steps."""
+
+    # Exported formats to score beside the Keras model; None: every exported file that
+    # runs here (LiteRT, ONNX, SavedModel).
+    formats: list[str] | None = None
+    calibration_bins: int = 15
+    misclassified: int = 16  # images in the misclassified grid (images only)
+    explain_examples: int = 4  # test examples explained (0 skips explanations)
+    ig_steps: int = 64
+    ig_baselines: list[Literal["zero", "blurred", "random"]] = field(
+        default_factory=lambda: ["zero", "blurred"])  # "blurred" applies to images only
+    smoothgrad_samples: int = 8
+    gradcam_layer: str | None = None  # None: the last convolution layer
+    permutation_repeats: int = 5  # tabular permutation importance
+    shap_examples: int = 10  # tabular SHAP values (the kdl[explain] extra); 0 skips
+    robustness_examples: int = 200  # test examples attacked (0 skips robustness)
+    epsilons: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4, 0.8])
+    pgd_steps: int = 3
+    noise_sigmas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    sensitive: str | None = None  # a side column of the dataset: fairness per group
+    positive_label: int = 1  # the favourable outcome for fairness (selection rate)
+
+
+@dataclass
 class BenchConfig:
     threads: list[int] = field(default_factory=lambda: [1, 2])  # LiteRT (XNNPACK) threads
     # Sized so that bench stays under 15% of the default `make run` (docs/performance.md).
-    budget_s: float = 0.25  # timed seconds per row at batch 1 (more while the median drifts)
+    budget_s: float = 0.1  # timed seconds per row at batch 1 (more while the median drifts)
     min_reps: int = 30  # timed calls per row at least
     batch: int = 32  # throughput batch size; 0 skips throughput
-    throughput_budget_s: float = 0.15
+    throughput_budget_s: float = 0.05
 
 
 @dataclass
@@ -194,6 +232,7 @@ class ExperimentConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -277,6 +316,7 @@ def validate(cfg: ExperimentConfig) -> None:
     validate_sections(cfg.data, cfg.model, cfg.train)
     check_stages(cfg.stages)
     _check_export(cfg.export)
+    _check_evaluate(cfg)
     if cfg.export.input_dtype == "uint8" and (
             "tflite_int8" not in cfg.export.formats or cfg.data.normalize):
         raise ConfigError("export.input_dtype=uint8 feeds raw pixels to tflite_int8: it needs "
@@ -321,6 +361,31 @@ def _check_export(e: ExportConfig) -> None:
                               f"choose from export.formats: {', '.join(tflite) or 'none'}")
     if e.golden_examples < 1:
         raise ConfigError(f"export.golden_examples must be >= 1 (got {e.golden_examples})")
+
+
+def _check_evaluate(cfg: ExperimentConfig) -> None:
+    e = cfg.evaluate
+    counts = {"calibration_bins": e.calibration_bins, "ig_steps": e.ig_steps,
+              "smoothgrad_samples": e.smoothgrad_samples, "pgd_steps": e.pgd_steps,
+              "permutation_repeats": e.permutation_repeats}
+    for key, v in counts.items():
+        if v < 1:
+            raise ConfigError(f"evaluate.{key} must be >= 1 (got {v})")
+    for key in ("misclassified", "explain_examples", "shap_examples", "robustness_examples"):
+        if getattr(e, key) < 0:
+            raise ConfigError(f"evaluate.{key} must be >= 0 (got {getattr(e, key)})")
+    for key in ("epsilons", "noise_sigmas"):
+        v = getattr(e, key)
+        if (len(v) < 2 or v[0] != 0 or any(not math.isfinite(a) for a in v)
+                or any(b <= a for a, b in zip(v, v[1:], strict=False))):
+            raise ConfigError(f"evaluate.{key} must start at 0 and increase, with at least "
+                              f"two finite values (got {v})")
+    for i, fmt in enumerate(e.formats or []):
+        if fmt not in cfg.export.formats:
+            raise ConfigError(f"evaluate.formats[{i}]: {fmt!r} is not exported; choose from "
+                              f"export.formats: {', '.join(cfg.export.formats)}")
+    if e.sensitive:
+        check_column(cfg.data, e.sensitive, "evaluate.sensitive")
 
 
 def validate_compression(cfg: ExperimentConfig) -> None:

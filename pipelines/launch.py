@@ -93,25 +93,18 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], log=print,
     code = 0
     try:
         while [p.poll() for p in procs].count(None):  # poll every one (no short-circuit)
-            failed = [(i, p.returncode) for i, p in enumerate(procs)
-                      if p.returncode not in (None, 0)]
-            if failed:
-                i, code = failed[0]
-                log(f"launch: process {i} failed (exit {code}); stopping the others")
-                if i > 0:
-                    logs[i - 1].seek(0)
-                    log("".join(logs[i - 1].read().splitlines(True)[-30:]).rstrip())
-                _stop(procs)
+            if any(p.returncode not in (None, 0) for p in procs):
                 break
             time.sleep(poll_s)
-        else:
-            bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
-            if bad:
-                i, code = bad[0]
-                log(f"launch: process {i} failed (exit {code})")
-                if i > 0:
-                    logs[i - 1].seek(0)
-                    log("".join(logs[i - 1].read().splitlines(True)[-30:]).rstrip())
+        failed = [(i, p.returncode) for i, p in enumerate(procs)
+                  if p.returncode not in (None, 0)]
+        if failed:
+            i, code = failed[0]
+            log(f"launch: process {i} failed (exit {code}); stopping the others")
+            if i > 0:
+                logs[i - 1].seek(0)
+                log("".join(logs[i - 1].read().splitlines(True)[-30:]).rstrip())
+            _stop(procs)
     except BaseException:
         _stop(procs)
         raise

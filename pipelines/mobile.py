@@ -18,6 +18,7 @@ import numpy as np
 
 from kdl.export.bundle import replace_dir, write_bundle
 from kdl.export.formats import FORMATS
+from pipelines.tracking import run_label
 
 CANDIDATE_ALIAS = "candidate"
 
@@ -60,7 +61,7 @@ def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
     write_bundle(
         unverified, {f: export_dir / report["formats"][f]["file"] for f in formats}, raw,
         normalization=norm, label_names=splits.label_names, task=splits.task,
-        model_name=cfg.name, model_version=run_dir.name, source_run=str(run_dir),
+        model_name=cfg.name, model_version=run_dir.name, source_run=run_label(run_dir),
         reference_outputs=reference[:n],
         metadata={"mlflow_run_id": tracker.parent_id, "experiment": tracker.experiment,
                   "data_fingerprint": splits.fingerprint},
@@ -167,7 +168,7 @@ def register_candidate(tracker, cfg, run_dir: Path, bundle_dir: Path,
         source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
         tags = {"kind": "mobile-bundle", "verify_bundle": PENDING,
                 "source_run": tracker.parent_id or "", "export_run": run_id,
-                "run_dir": str(run_dir), "formats": ",".join(formats)}
+                "run_dir": run_label(run_dir), "formats": ",".join(formats)}
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
         if int(mv.version) > _alias_version(client, name):  # forward only: never back
             client.set_registered_model_alias(name, CANDIDATE_ALIAS, mv.version)

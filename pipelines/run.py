@@ -28,8 +28,8 @@ from pipelines.config import (
     save_config,
     to_dict,
 )
-from pipelines.stages.common import Context, StageFailed
-from pipelines.tracking import Tracker, environment_tags
+from pipelines.stages.common import Context, StageFailed, check_model_takes_data
+from pipelines.tracking import Tracker, environment_tags, run_label, strip_credentials
 
 __all__ = ["Context", "StageFailed", "continue_run", "run_pipeline", "run_stages",
            "summary_table"]
@@ -66,8 +66,10 @@ def _run_tracked(ctx: Context, stages: list[str], log) -> dict[str, dict[str, An
     """`run_stages`, then the parent run ends FINISHED, or FAILED if a stage raised."""
     try:
         results = run_stages(ctx, stages, log)
-    except BaseException:
+    except BaseException as e:
         ctx.tracker.end("FAILED")
+        if isinstance(e, OSError) and not e.filename:  # a full disk: say where (cli)
+            e.kdl_path = str(ctx.run_dir)
         raise
     ctx.tracker.end("FINISHED")
     return results
@@ -93,10 +95,15 @@ def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=pri
     dist = dist or distribution.setup(cfg.train.distribution)
     if not dist.is_chief:
         return _run_worker(cfg, dist, callbacks)
+    state: dict[str, Any] = {"callbacks": list(callbacks)}
+    if "train" in stages:  # bad data or a model that cannot take it: before anything exists
+        state["splits"] = check_model_takes_data(cfg)
+    if cfg.tracking.uri:  # its user:password never reaches a file, a param or the screen
+        cfg.tracking.uri = strip_credentials(cfg.tracking.uri)
     run_dir = new_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
     tracker = Tracker(cfg.tracking, cfg.name)
-    tags = {**environment_tags(), "recipe": cfg.name, "run_dir": str(run_dir)}
+    tags = {**environment_tags(), "recipe": cfg.name, "run_dir": run_label(run_dir)}
     tracker.start(run_dir.name, tags)
     tracker.log_params({**flatten(to_dict(cfg)), **dist.params()})
     atomic_write_json(run_dir / "run.json", {"mlflow_run_id": tracker.parent_id,
@@ -104,7 +111,7 @@ def run_pipeline(cfg: ExperimentConfig, stages: list[str] | None = None, log=pri
                                              "experiment": tracker.experiment,
                                              "backend": keras.backend.backend()})
     log(f"run directory: {run_dir}")
-    ctx = Context(cfg, run_dir, tracker, {"callbacks": list(callbacks), "distribution": dist})
+    ctx = Context(cfg, run_dir, tracker, {**state, "distribution": dist})
     return run_dir, _run_tracked(ctx, stages, log), tracker
 
 

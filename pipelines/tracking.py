@@ -49,6 +49,35 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def run_label(run_dir: Path | str) -> str:
+    """A run directory as it may leave this machine: relative to the project root when it
+    is inside it, else `<experiment>/<run>` (never the machine's absolute path)."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        return str(run_dir.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def strip_credentials(uri: str) -> str:
+    """`uri` without its `user:password@`. The credentials move to MLflow's documented
+    `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` variables of this process (unless
+    they are set), so nothing written or printed (config.yaml, run.json, MLflow params,
+    the summary table, warnings) carries them."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    if user:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    return urlunsplit(parts._replace(netloc=host))
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, text=True,
@@ -85,7 +114,7 @@ class Tracker:
         self.cfg = cfg
         self.synchronous = synchronous
         self.enabled = cfg.enabled
-        self.uri = cfg.uri or default_uri()
+        self.uri = strip_credentials(cfg.uri or default_uri())
         self.experiment = cfg.experiment or experiment
         self.parent_id: str | None = None
         self.run_id: str | None = None  # the run metrics go to: the stage's, else the parent

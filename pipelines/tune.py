@@ -85,6 +85,27 @@ def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return values
 
 
+def _run_workers(cfg: ExperimentConfig, workers: int, storage: str, study_name: str,
+                 recipe: str, overrides: list[str], log) -> None:
+    """`workers` local `pipelines tune --worker` processes split `tune.trials`."""
+    import sys
+
+    from pipelines.launch import supervise
+
+    n = cfg.tune.trials
+    counts = [c for c in (n // workers + (i < n % workers) for i in range(workers)) if c]
+    base = [sys.executable, "-m", "pipelines", "tune", recipe, "--worker"]
+    for text in overrides:
+        base += ["--set", text]
+    cmds = [[*base, "--set", f"tune.trials={c}", "--set", f"tune.storage={storage}",
+             "--set", f"tune.study_name={study_name}",
+             "--set", f"tune.seed={cfg.tune.seed + i}"]  # workers sample apart
+            for i, c in enumerate(counts)]
+    code, _ = supervise(cmds, [{} for _ in cmds], log=log)
+    if code != 0:
+        raise RuntimeError(f"a tune worker failed (exit {code})")
+
+
 def _decode(space, params: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in params.items():
@@ -136,8 +157,16 @@ def _train_trial(cfg: ExperimentConfig, trial, tracker) -> tuple[float, bool]:
     return best, report.pruned
 
 
-def tune(cfg: ExperimentConfig, log=print) -> dict[str, Any]:
-    """Run `cfg.tune.trials` trials in this process; write `best.yaml`; return a summary."""
+def tune(cfg: ExperimentConfig, log=print, *, workers: int = 0, worker: bool = False,
+         recipe: str | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Run `cfg.tune.trials` trials; write `best.yaml`; return a summary.
+
+    `workers=N` runs them in N local worker processes (`pipelines tune --workers N`)
+    sharing this process's study (`tune.storage`, e.g. `postgresql://...`; Optuna
+    hands each trial to one worker) and MLflow run (made here, before they start);
+    `recipe` and `overrides` are what the workers load. A worker (`worker=True`)
+    runs its trials only: the launching process writes `best.yaml` and ends the run.
+    """
     optuna = _optuna()
     t = cfg.tune
     check_space(t.space)
@@ -177,10 +206,16 @@ def tune(cfg: ExperimentConfig, log=print) -> dict[str, Any]:
         return value
 
     try:
-        study.optimize(objective, n_trials=t.trials)
+        if workers:
+            _run_workers(cfg, workers, storage, study_name, recipe, overrides, log)
+        else:
+            study.optimize(objective, n_trials=t.trials)
     except BaseException:
-        tracker.end("FAILED")
+        if not worker:
+            tracker.end("FAILED")
         raise
+    if worker:  # the launching process ends the study's run and writes best.yaml
+        return {"trials": t.trials, "mlflow_run_id": tracker.parent_id, "storage": storage}
     complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         tracker.end("FAILED")

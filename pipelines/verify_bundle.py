@@ -36,8 +36,10 @@ schema or does not match the model file), in one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -309,6 +311,16 @@ def _check_golden_ref(value, where: str, v: _Validation) -> None:
     _number(_require(value, "examples", where, int), f"{where}.examples", lo=1, integer=True)
 
 
+def _check_calibration(value, where: str, v: _Validation) -> None:
+    """Written by the evaluate stage: the temperature fitted on the validation split."""
+    _keys(value, where, ("temperature", "fitted_on", "apply"))
+    _number(_require(value, "temperature", where, (int, float)), f"{where}.temperature",
+            lo=0, lo_open=True, hi=1000)
+    for key in ("fitted_on", "apply"):
+        if key in value:
+            _kind(value[key], str, f"{where}.{key}")
+
+
 def _check_how_to_run(value, where: str, v: _Validation) -> None:
     _kind(value, dict, where)  # prose for people; the checker follows the blocks above
 
@@ -320,6 +332,7 @@ CONTRACT_BLOCKS: dict[str, tuple[bool, Callable[[Any, str, _Validation], None]]]
     "labels": (False, _check_labels),
     "preprocessing": (False, _check_preprocessing),
     "how_to_run": (False, _check_how_to_run),
+    "calibration": (False, _check_calibration),
     "files": (True, _check_files),
     "golden": (False, _check_golden_ref),
 }
@@ -471,12 +484,28 @@ def check_tflite_bytes(path: Path) -> bytes:
     return content
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """LiteRT's C++ notices ("INFO: Created TensorFlow Lite XNNPACK delegate") go to fd 2;
+    held back here so that a malformed bundle's one line is all stderr shows."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _interpreter(path: Path, content: bytes, num_threads: int):
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interp = Interpreter(model_content=content, num_threads=num_threads)
-        interp.allocate_tensors()
+        with _quiet_stderr():
+            interp = Interpreter(model_content=content, num_threads=num_threads)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise MalformedBundleError(
             f"{path}: the LiteRT interpreter cannot load it ({str(e).strip()}). "

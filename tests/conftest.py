@@ -5,7 +5,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pipelines  # noqa: E402, F401  (JAX's compilation cache under .cache/jax, before JAX loads)
+# JAX's compilation cache under .cache/jax: pipelines sets it, and must do so before JAX loads.
+import pipelines  # noqa: E402, F401, I001
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

@@ -92,3 +92,53 @@ def _torch_gradients(model, variables, x, y, loss_fn):
     grads = torch.autograd.grad(value, params, allow_unused=True)
     return value.detach().cpu().numpy(), [
         None if g is None else g.detach().cpu().numpy() for g in grads]
+
+
+def value_and_input_gradient(fn: Callable, x) -> tuple[np.ndarray, np.ndarray]:
+    """`fn(x)` and the gradient of `sum(fn(x))` with respect to the input `x`.
+
+    The input-side twin of `compute_gradients`: explanations (saliency,
+    Integrated Gradients, Grad-CAM) and adversarial examples (FGSM, PGD) need
+    d output / d input. `fn` is written with `keras.ops` (a model call with
+    `training=False`, a loss of it, a head over features); each example's
+    value depends on its own row only, so the gradient of the sum is each
+    row's own gradient.
+
+    Args:
+        fn: `tensor (n, ...) -> tensor (n,)` (any shape; it is summed).
+        x: a NumPy array or tensor, float.
+
+    Returns:
+        `(fn(x) as a NumPy array, gradient as a float32 NumPy array of x's shape)`.
+    """
+    x = keras.ops.convert_to_tensor(np.asarray(x, "float32"))
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+            total = tf.reduce_sum(value)
+        grad = tape.gradient(total, x)
+        value, grad = value.numpy(), (tf.zeros_like(x) if grad is None else grad).numpy()
+    elif backend == "jax":
+        import jax
+
+        def total(inp):
+            v = fn(inp)
+            return jax.numpy.sum(v), v
+
+        (_, value), grad = jax.value_and_grad(total, has_aux=True)(x)
+        value, grad = np.asarray(value), np.asarray(grad)
+    elif backend == "torch":
+        import torch
+
+        x = x.detach().clone().requires_grad_(True)
+        value = fn(x)
+        (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
+        grad = torch.zeros_like(x) if grad is None else grad
+        value, grad = value.detach().cpu().numpy(), grad.detach().cpu().numpy()
+    else:  # pragma: no cover
+        raise NotImplementedError(f"gradients are not implemented for backend {backend!r}")
+    return np.asarray(value, "float32"), np.asarray(grad, "float32")

@@ -41,6 +41,9 @@ class RawData:
             for greedy decoding of a generated sequence task.
         locate: names example `i` in the user's terms for error messages
             (e.g. "line 12" of a CSV, "x_test[3]" of an .npz).
+        columns: named per-example values kept beside the inputs, as loaded (not
+            normalized), e.g. a sensitive attribute for fairness reports and
+            reweighing, whether or not it is also a feature.
     """
 
     x: np.ndarray | tuple[np.ndarray, ...]
@@ -50,6 +53,7 @@ class RawData:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     locate: Callable[[int], str] | None = field(default=None, repr=False)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -63,6 +67,10 @@ class RawData:
             self.x = _numeric(self.x, "x")
         if num_examples(self.x) != len(self.y):
             raise DataError(f"x has {num_examples(self.x)} examples but y has {len(self.y)}")
+        self.columns = {k: np.asarray(v) for k, v in self.columns.items()}
+        for k, v in self.columns.items():
+            if len(v) != len(self.y):
+                raise DataError(f"column {k!r} has {len(v)} values for {len(self.y)} examples")
         if self.task == "classification":
             self.y, self.label_names = class_ids(self.y, self.label_names, self.where)
         else:
@@ -223,15 +231,30 @@ class Normalizer:
 
 @dataclass
 class Split:
+    """Inputs and targets of one split; `columns`: the dataset's side columns for these
+    examples (`RawData.columns`); `weight`: per-example training weights, or None."""
+
     x: np.ndarray | tuple[np.ndarray, ...]
     y: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return num_examples(self.x)
 
     def head(self, n: int) -> Split:
         """The first `n` examples, in memory."""
-        return Split(take(self.x, slice(0, n)), self.y[:n])
+        return Split(take(self.x, slice(0, n)), self.y[:n],
+                     {k: v[:n] for k, v in self.columns.items()},
+                     None if self.weight is None else self.weight[:n])
+
+    def column(self, name: str) -> np.ndarray:
+        """A side column by name; the error lists the dataset's columns."""
+        if name not in self.columns:
+            have = ", ".join(self.columns) or "none"
+            raise DataError(f"the dataset has no column {name!r} (its columns: {have}); "
+                            "name one of them")
+        return self.columns[name]
 
 
 @dataclass
@@ -431,16 +454,17 @@ def load_splits(
     if raw.task == "classification":
         _check_classes(raw, parts["train"])
     tr, va, te = parts["train"], parts["val"], parts["test"]
+    cols = lambda idx: {k: v[idx] for k, v in raw.columns.items()}  # noqa: E731
     if is_multi_input(raw.x):
         if normalize:
             raise DataError(f"dataset {name!r} feeds {len(raw.x)} inputs (e.g. token ids), "
                             "which are not standardized: set data.normalize=false")
         norm = Normalizer(np.zeros(0, "float32"), np.ones(0, "float32"))  # nothing applied
-        split = lambda idx: Split(take(raw.x, idx), raw.y[idx])  # noqa: E731
+        split = lambda idx: Split(take(raw.x, idx), raw.y[idx], cols(idx))  # noqa: E731
         arrays = raw.x
     else:
         norm = fit_normalizer(normalize, raw.x[tr])
-        split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx])  # noqa: E731
+        split = lambda idx: Split(norm(raw.x[idx]), raw.y[idx], cols(idx))  # noqa: E731
         arrays = (raw.x,)
     return DataSplits(
         train=split(tr), val=split(va), test=split(te),
@@ -470,7 +494,8 @@ def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, see
     """A cached, prefetched `tf.data.Dataset` of `(x, y)` batches.
 
     Keras 3 consumes `tf.data` on every backend (TensorFlow, JAX, PyTorch).
-    Several inputs come as a tuple `((x0, x1, ...), y)`. Under several
+    Several inputs come as a tuple `((x0, x1, ...), y)`; a split with `weight`
+    gives `(x, y, weight)` (Keras reads the third item as sample weights). Under several
     processes each takes its part of every batch (`AutoShardPolicy.DATA`: the
     arrays are in memory, there are no files to split). A split of files
     (`kdl.data.images.ImageSplit`) streams them. `augment(x, y) -> (x, y)` runs
@@ -483,7 +508,13 @@ def make_tf_dataset(split: Split, batch_size: int, *, shuffle: bool = False, see
                              drop_remainder=drop_remainder, augment=augment)
 
     x = tuple(split.x) if is_multi_input(split.x) else split.x
-    ds = tf.data.Dataset.from_tensor_slices((x, split.y) if targets else x)
+    weighted = targets and split.weight is not None
+    if weighted and augment is not None:
+        raise DataError("per-example weights (train.reweigh) and augmentation together "
+                        "are not supported")
+    ds = tf.data.Dataset.from_tensor_slices(
+        ((x, split.y, split.weight.astype("float32")) if weighted else (x, split.y))
+        if targets else x)
     ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)

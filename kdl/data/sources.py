@@ -150,7 +150,7 @@ def npz(path: str | None = None, task: str = "classification", target: str | Non
 
 @DATASETS.register("csv", task="any", input="table")
 def csv_table(path: str | None = None, target: str | None = None, task: str = "classification",
-              label_names: list[str] | None = None) -> RawData:
+              label_names: list[str] | None = None, exclude: list[str] | None = None) -> RawData:
     """A CSV file with a header row: numeric feature columns and one target column.
 
     Every row has the header's number of cells; features are numbers ("nan"
@@ -158,6 +158,9 @@ def csv_table(path: str | None = None, target: str | None = None, task: str = "c
     classification, target values are strings mapped to classes
     (`kdl.data.core.class_ids`: numeric strings in numeric order, the value is
     the class name).
+    Every column is also kept, as read (strings), as a side column
+    (`RawData.columns`: e.g. a sensitive attribute for `evaluate.sensitive` /
+    `train.reweigh`); `exclude` names columns that are not features (they may hold text).
     """
     p = _require_file(path, "csv")
     try:
@@ -182,26 +185,34 @@ def csv_table(path: str | None = None, target: str | None = None, task: str = "c
         raise DataError(f"{p.name}: {len(ragged)} rows do not have the header's {len(header)} "
                         f"cells (first: line {line} has {n}); fix or remove them")
     t = header.index(target)
-    x = np.empty((len(body), len(header) - 1), "float32")
+    missing = [c for c in exclude or () if c not in header]
+    if missing:
+        raise DataError(f"excluded columns {missing} are not in {p.name}; columns: {header}")
+    skip = {t} | {header.index(c) for c in exclude or ()}
+    features = [i for i in range(len(header)) if i not in skip]
+    x = np.empty((len(body), len(features)), "float32")
     for row, (line, r) in enumerate(zip(lines, body, strict=True)):
-        for col, v in enumerate(c for i, c in enumerate(r) if i != t):
+        for col, i in enumerate(features):
             try:
-                x[row, col] = float(v)
+                x[row, col] = float(r[i])
             except ValueError:
-                name = [h for i, h in enumerate(header) if i != t][col]
-                raise DataError(f"{p.name} line {line}, column {name!r}: {v!r} is not a number; "
-                                "feature columns must be numeric") from None
+                raise DataError(f"{p.name} line {line}, column {header[i]!r}: {r[i]!r} is not a "
+                                "number; feature columns must be numeric (or listed in "
+                                "data.params.exclude)") from None
+    side = {"columns": {h: np.array([r[i] for r in body]) for i, h in enumerate(header)
+                        if i != t},
+            "info": {"feature_names": [header[i] for i in features]}}
     raw_y = np.array([r[t] for r in body])
     locate = lambda i: f"line {lines[i]}"  # noqa: E731
     if task == "classification":
-        return RawData(x, raw_y, task, list(label_names or []), locate=locate)
+        return RawData(x, raw_y, task, list(label_names or []), locate=locate, **side)
     try:
         y = raw_y.astype("float32")
     except ValueError:
         bad = next(i for i, v in enumerate(raw_y) if not _is_number(v))
         raise DataError(f"{p.name} line {lines[bad]}: target {raw_y[bad]!r} is not a number "
                         "(regression targets are numbers)") from None
-    return RawData(x, y, task, locate=locate)
+    return RawData(x, y, task, locate=locate, **side)
 
 
 def _is_number(v: str) -> bool:

@@ -106,3 +106,33 @@ def graph_communities(graphs: int = 120, nodes: int = 20, communities: int = 3,
             ys.append(c[v])
     return RawData(np.asarray(xs, "float32"), np.asarray(ys), "classification",
                    [f"community {k}" for k in range(communities)])
+
+
+CREDIT_FEATURES = ("income", "debt", "years_employed", "credit_history", "savings", "age")
+
+
+@DATASETS.register("biased_credit", task="classification", input="table 6 (+1) features",
+                   columns=("group",))
+def biased_credit(n: int = 4000, bias: float = 1.0, proxy: float = 0.5,
+                  include_group: bool = False, seed: int = 0) -> RawData:
+    """Loan decisions with historical bias against a group, for fairness reports.
+
+    Each applicant belongs to group "A" (60%) or "B" (40%, the `group` column).
+    The label (1 = "approved") is a noisy threshold of a merit score of the
+    features, minus `bias` for group B: past decisions that penalized B. Group B's
+    income is lower by `proxy` standard deviations, so income is a proxy for the
+    group even when the group is not a feature (`include_group=False`, default;
+    True appends it as a 0/1 feature named `group`). Seeded.
+    """
+    rng = np.random.default_rng(seed)
+    group = np.where(rng.uniform(size=n) < 0.4, "B", "A")
+    b = (group == "B").astype("float32")
+    f = rng.normal(size=(n, len(CREDIT_FEATURES))).astype("float32")
+    f[:, 0] -= proxy * b
+    merit = 1.0 * f[:, 0] - 0.8 * f[:, 1] + 0.5 * f[:, 2] + 0.7 * f[:, 3] + 0.3 * f[:, 4]
+    y = (merit - bias * b + rng.normal(scale=0.5, size=n) > -0.2).astype("int32")
+    names = list(CREDIT_FEATURES)
+    if include_group:
+        f, names = np.concatenate([f, b[:, None]], axis=1), [*names, "group"]
+    return RawData(f, y, "classification", ["denied", "approved"],
+                   info={"feature_names": names}, columns={"group": group})

@@ -53,7 +53,8 @@ Predict = Callable[[np.ndarray], Any]
 COLUMNS = (
     "format", "runtime", "threads", "file", "size_bytes", "gzip_bytes", "size_vs_fp32",
     "batch1_p50_ms", "batch1_p90_ms", "batch1_mean_ms", "batch1_reps", "median_drift_pct",
-    "kernel_p50_ms", "kernel_vs_fp32", "latency_vs_keras", "throughput_batch", "throughput_per_s", "rss_delta_mb",
+    "kernel_p50_ms", "kernel_vs_fp32", "latency_vs_keras", "throughput_batch",
+    "throughput_per_s", "rss_delta_mb",
     "metric", "metric_delta", "max_abs_diff", "top1_agreement",
 )
 EXTRA_COLUMNS = ("metric", "metric_delta", "max_abs_diff", "top1_agreement")
@@ -116,11 +117,11 @@ class BenchSettings:
     warmup: int = 10
     warmup_s: float = 0.05
     min_reps: int = 30
-    budget_s: float = 0.25
+    budget_s: float = 0.1
     max_reps: int = 100_000
     max_drift: float = 0.05
     batch: int = 32
-    throughput_budget_s: float = 0.15
+    throughput_budget_s: float = 0.05
 
     def __post_init__(self):
         if self.min_reps < 2 or self.max_reps < self.min_reps:

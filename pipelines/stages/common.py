@@ -51,8 +51,41 @@ def load_data(cfg: ExperimentConfig, cache_dir: Path | None = None) -> DataSplit
         options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
     options.update(d.params)
     return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                       seed=d.seed, normalize=d.normalize, augment=d.augment,
+                       seed=d.seed, normalize=d.normalize, nonfinite=d.nonfinite,
+                       augment=d.augment,
                        cache_dir=str(cache_dir) if d.cache and cache_dir else None, **options)
+
+
+def check_model_takes_data(cfg: ExperimentConfig) -> DataSplits | None:
+    """Load the recipe's data and build its model once on the data's shape, before a run
+    directory or MLflow run exists: bad data (`DataError`) and a model that cannot take
+    the data (`ConfigError`, e.g. `cnn` on `(40, 1)` sequences) stop the run there.
+
+    Returns the splits of in-memory data for the train stage to reuse (None for image
+    files, which the train stage streams with its own cache directory).
+    """
+    from kdl.models import build_model
+    from kdl.registry import MODELS
+    from pipelines.config import ConfigError
+
+    splits = load_data(cfg)
+    entry = MODELS.get(cfg.model.name)
+    if not cfg.train.transfer.backbone:
+        try:
+            if "data_arg" in entry.meta:
+                MODELS.build(cfg.model.name, preset=cfg.model.preset,
+                             **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+            else:
+                build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
+                            task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+        except Exception as e:  # noqa: BLE001  (any failure to build is this mismatch)
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ConfigError(f"model {cfg.model.name!r} cannot take data {cfg.data.name!r} "
+                              f"of input shape {splits.input_shape}: {cause}. Pick a model "
+                              "for this data (python -m pipelines list)") from None
+        finally:
+            keras.backend.clear_session()  # the train stage's model gets the same names
+    return None if splits.files_report is not None else splits
 
 
 def fit_data(cfg: ExperimentConfig, splits: DataSplits) -> dict:

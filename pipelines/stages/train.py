@@ -20,8 +20,13 @@ from pipelines.stages.common import Context, StageFailed, load_data, save_model
 def run(ctx: Context) -> dict:
     cfg, run_dir, tracker = ctx.cfg, ctx.run_dir, ctx.tracker
     policy = training.prepare(cfg.train)
-    splits = load_data(cfg, run_dir / "cache")
+    splits = ctx.state.get("splits") or load_data(cfg, run_dir / "cache")  # (preflight's)
     ctx.state["splits"] = splits
+    if splits.dropped:  # data.nonfinite=drop: counted, reported
+        print(f"data: dropped {sum(splits.dropped.values())} examples holding NaN or inf "
+              f"({', '.join(f'{k} {v}' for k, v in splits.dropped.items())})")
+        tracker.log_metrics({f"data/nonfinite_dropped_{k}": v
+                             for k, v in splits.dropped.items()})
     if splits.files_report is not None:  # image files: what was read, what was skipped
         report = splits.files_report
         atomic_write_json(run_dir / "data_report.json", report)
@@ -39,7 +44,8 @@ def run(ctx: Context) -> dict:
     atomic_write_json(run_dir / "preprocessing.json", {
         "normalization": splits.normalizer.to_dict(), "input_shape": splits.input_shape,
         "task": splits.task, "label_names": splits.label_names,
-        "data_fingerprint": splits.fingerprint, "data_info": splits.info})
+        "data_fingerprint": splits.fingerprint, "data_info": splits.info,
+        "nonfinite_dropped": splits.dropped})
     tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
 
     dist = ctx.state.get("distribution") or Distributed()

@@ -378,7 +378,22 @@ BAD_CONTRACTS = {
                               _raw_golden_text("12345.5", "1e999")(b)),
                    "1 of 18 values are not finite"),
     "ragged golden": (_golden(_set("inputs/0/data/1", [1.0])), "not a numeric array"),
+    "zero temperature": (_contract(_set("calibration", {"temperature": 0.0})), "must be > 0"),
+    "NaN temperature": (_contract(_set("calibration", {"temperature": float("nan")})),
+                        "NaN is not a JSON number"),
+    "text temperature": (_contract(_set("calibration", {"temperature": "1.5"})),
+                         "temperature: must be int or float, got str"),
+    "unknown calibration key": (_contract(_set("calibration", {"temperature": 1.5, "t": 1})),
+                                "unknown key(s) 't'"),
 }
+
+
+@pytest.mark.tf_only
+def test_calibration_block_is_accepted(good_bundle, tmp_path, capsys):
+    b = copy_bundle(good_bundle, tmp_path)
+    _contract(_set("calibration", {"temperature": 1.7, "fitted_on": "validation split",
+                                   "apply": "softmax(log(p) / temperature)"}))(b)
+    assert load_checker().main([str(b)]) == 0, capsys.readouterr().err
 
 
 @pytest.mark.tf_only
@@ -391,3 +406,15 @@ def test_malformed_contract_is_exit_2_in_one_line(case, good_bundle, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.tf_only
+def test_malformed_after_loading_the_model_is_still_one_line(good_bundle, tmp_path):
+    """LiteRT's own notices (XNNPACK delegate) must not precede the one-line error."""
+    b = copy_bundle(good_bundle, tmp_path)
+    _contract(_set(f"{_I8}/inputs/0/index", 99))(b)
+    proc = run_checker(b)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines()
+                                        if line.startswith("verify-bundle: bundle MALFORMED")]
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr

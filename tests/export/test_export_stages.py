@@ -8,6 +8,7 @@ import keras
 import pytest
 
 from pipelines.config import ConfigError, load_config
+from pipelines.tracking import run_label
 
 FAST = ["train.epochs=2", "export.formats=[saved_model,tflite_fp32,tflite_int8]",
         "bench.budget_s=0.02", "bench.throughput_budget_s=0.01", "bench.min_reps=5",
@@ -146,7 +147,7 @@ def test_registry_alias_candidate_after_verify(tmp_path):
     client = MlflowClient(uri)
     name = f"kdl-{cfg.name}"
     mv = client.get_model_version_by_alias(name, "candidate")
-    assert mv.tags["kind"] == "mobile-bundle" and mv.tags["run_dir"] == str(run_dir)
+    assert mv.tags["kind"] == "mobile-bundle" and mv.tags["run_dir"] == run_label(run_dir)
     assert mv.tags["source_run"] == tracker.parent_id
     assert results["export"]["candidate"] == f"{name} v{mv.version}"
     files = {f.path for f in client.list_artifacts(mv.run_id, "bundle")}

@@ -108,3 +108,13 @@ def test_process_environment_is_the_standard_one():
     assert tf_config[0]["cluster"] == tf_config[1]["cluster"]
     assert envs[0]["KERAS_DISTRIBUTION_JOB_ADDRESSES"] == tf_config[0]["cluster"]["worker"][0]
     assert [t["task"]["index"] for t in tf_config] == [0, 1]
+
+
+def test_bad_launch_is_one_line(capsys):
+    from pipelines.cli import main
+
+    assert main(["launch", "--processes", "0", "iris_mlp"]) == 2
+    assert main(["tune", "iris_mlp", "--workers", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --processes must be >= 1 (got 0)",
+                   "error: --workers must be >= 0 (got -1)"]

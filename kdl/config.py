@@ -77,6 +77,7 @@ class DataConfig:
     # them, counted per split in preprocessing.json and the train stage's figures.
     nonfinite: Literal["error", "drop"] = "error"
     batch_size: int = 64
+    text: str | None = None  # text_csv: the text column (data.target is the label column)
     # Image files (image_folder, image_csv, shapes; docs/images.md): the model's input size,
     # colour, resize method and aspect-ratio policy; a tf.data file cache of the decoded
     # images in the run directory.
@@ -88,6 +89,22 @@ class DataConfig:
     # Keras preprocessing layers for the training split, in order:
     # [{name: RandomFlip, mode: horizontal}, {name: RandomRotation, factor: 0.1}, ...]
     augment: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TokenizerConfig:
+    """Text datasets: the KerasHub tokenizer, learned on the training split (docs/text.md)."""
+
+    kind: Literal["wordpiece", "sentencepiece", "byte_pair", "bytes"] = "wordpiece"
+    vocab_size: int = 4000  # the most tokens learned (WordPiece may learn fewer)
+    lowercase: bool = True
+    strip_accents: bool = True  # WordPiece only
+    sequence_length: int = 64  # ids per text: truncated and padded on the right (id 0)
+    special_tokens: list[str] = field(  # WordPiece reserved tokens, [PAD] first (id 0)
+        default_factory=lambda: ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    start_token: str | None = None  # added before each text, e.g. "[CLS]" for BERT
+    end_token: str | None = None  # ... and after it, e.g. "[SEP]"
+    preset: str | None = None  # a local KerasHub preset or HF directory: its vocabulary
 
 
 @dataclass
@@ -334,8 +351,10 @@ def _check_param_groups(groups: list[ParamGroupConfig], key: str) -> None:
             raise ConfigError(f"{key}[{i}].lr_scale must be >= 0 (0 freezes), got {g.lr_scale}")
 
 
-def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig) -> None:
-    """The library's checks: registry names and the keys of data/model/train that relate."""
+def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig,
+                      tokenizer: TokenizerConfig | None = None) -> None:
+    """The library's checks: registry names and the keys of data/model/train (and the
+    tokenizer of text data) that relate."""
     check_name(DATASETS, data.name, "data.name")
     check_name(MODELS, model.name, "model.name")
     check_preset(model.name, model.preset, "model.preset")
@@ -376,6 +395,7 @@ def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig) 
     if d.name == "csv":
         _check_csv(d.path, d.target)
     _check_dataset(data, train)
+    _check_text(data, model, tokenizer or TokenizerConfig())
     if train.reweigh:
         check_column(data, train.reweigh, "train.reweigh")
         if train.checkpoint:
@@ -405,7 +425,7 @@ def _check_dataset(data: DataConfig, train: TrainConfig) -> None:
     """`data.params` are arguments of the dataset; several-input datasets are not normalized."""
     entry = DATASETS.get(data.name)
     accepted = [p for p in inspect.signature(entry.obj).parameters
-                if p not in ("path", "target", "task", *IMAGE_OPTIONS)]
+                if p not in ("path", "target", "task", "text", *IMAGE_OPTIONS)]
     for key in data.params:
         if key not in accepted:
             raise ConfigError(f"data.params: dataset {data.name!r} has no argument {key!r}."
@@ -475,6 +495,54 @@ def _check_images(data: DataConfig, model: ModelConfig, train: TrainConfig) -> N
     if takes_raw_pixels(model) and d.normalize:
         raise ConfigError(f"model {model.name!r} takes raw pixels in [0, 255] and rescales "
                           "inside: set data.normalize=false")
+
+
+TEXT_MODELS_HINT = "bag_of_embeddings, transformer_classifier or bert_classifier"
+
+
+def _check_text(data: DataConfig, model: ModelConfig, tokenizer: TokenizerConfig) -> None:
+    """Text data: the tokenizer's settings, a model that takes token ids, and the user's
+    file read now (bad rows reported, a one-line error before any work)."""
+    d, t = data, tokenizer
+    entry = DATASETS.get(d.name)
+    if entry.meta.get("input") != "text":
+        if d.text is not None:
+            raise ConfigError(f"data.text names a text column; dataset {d.name!r} is not a "
+                              "text dataset (text_csv, text_folder, imdb, reuters, reviews)")
+        return
+    if "vocab_size" not in inspect.signature(MODELS.get(model.name).obj).parameters:
+        raise ConfigError(f"model.name: {model.name!r} does not take token ids; text "
+                          f"datasets need {TEXT_MODELS_HINT}")
+    if t.sequence_length < 1 or t.vocab_size < 8:
+        raise ConfigError(f"tokenizer.sequence_length must be >= 1 and tokenizer.vocab_size "
+                          f">= 8 (got {t.sequence_length} and {t.vocab_size})")
+    if t.preset is not None and not Path(t.preset).expanduser().is_dir():
+        raise ConfigError(f"tokenizer.preset {t.preset!r} is not a local directory (a KerasHub "
+                          "preset or a Hugging Face checkpoint holding vocab.txt)")
+    if t.kind == "byte_pair" and not t.preset:
+        raise ConfigError("tokenizer.kind=byte_pair: KerasHub learns no BPE merges; use "
+                          "wordpiece or sentencepiece (learned) or bytes")
+    if t.kind == "bytes" and (t.start_token or t.end_token):
+        raise ConfigError("tokenizer.kind=bytes has no start/end tokens: drop "
+                          "tokenizer.start_token/end_token")
+    if "checkpoint" in model.params and not t.preset:
+        raise ConfigError("model.params.checkpoint fine-tunes a pretrained backbone: load its "
+                          "vocabulary too with tokenizer.preset=<the same directory>")
+    if entry.meta.get("check"):  # the user's file, read now: bad rows fail before any work
+        options = {k: v for k, v in {"path": d.path, "text": d.text,
+                                     "target": d.target}.items() if v is not None}
+        accepted = inspect.signature(entry.obj).parameters
+        try:
+            entry.obj(**{k: v for k, v in options.items() if k in accepted}, **d.params)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+
+
+def tokenizer_options(data: DataConfig, tokenizer: TokenizerConfig) -> dict[str, Any] | None:
+    """`load_splits(tokenizer=...)` of a text dataset; None for other data."""
+    if DATASETS.get(data.name).meta.get("input") != "text":
+        return None
+    return dataclasses.asdict(tokenizer)
 
 
 def dataset_columns(data: DataConfig) -> list[str]:

@@ -20,6 +20,7 @@ from kdl.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
+    TokenizerConfig,
     TrainConfig,
     check_column,
     check_name,
@@ -226,6 +227,7 @@ class ExperimentConfig:
     output_dir: str = "saved_models"
     stages: list[str] = field(default_factory=lambda: ["train", "export"])  # + "bench"
     data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -313,7 +315,7 @@ def experiment_dir(cfg: ExperimentConfig) -> Path:
 
 def validate(cfg: ExperimentConfig) -> None:
     """The library's checks of data/model/train, then the experiment's."""
-    validate_sections(cfg.data, cfg.model, cfg.train)
+    validate_sections(cfg.data, cfg.model, cfg.train, cfg.tokenizer)
     check_stages(cfg.stages)
     _check_export(cfg.export)
     _check_evaluate(cfg)

@@ -33,9 +33,23 @@ def bundle_formats(cfg, report: dict[str, Any]) -> list[str]:
     return [f for f in (cfg.export.bundle or exported) if f in exported]
 
 
+def text_golden(splits, n: int, predict) -> dict[str, Any]:
+    """Golden strings of a text model: `n` test texts and `HARD_STRINGS`, their ids from
+    the KerasHub tokenizer (as in training), the Keras model's outputs on those ids."""
+    from kdl.data.tokenizers import HARD_STRINGS, tokenize, tokenizer_from_spec
+
+    strings = [str(t) for t in splits.test.text[:n]] + HARD_STRINGS
+    ids = tokenize(tokenizer_from_spec(splits.info["tokenizer"]), strings)
+    return {"strings": strings, "ids": ids, "reference": predict(ids)}
+
+
 def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
-                            report: dict[str, Any]) -> dict[str, Any]:
+                            report: dict[str, Any], text: dict[str, Any] | None = None
+                            ) -> dict[str, Any]:
     """Writes `<run_dir>/bundle/` and proves it with the standalone checker.
+
+    Text models pass `text` (`text_golden`): the golden examples are strings and
+    the bundle carries the tokenizer.
 
     Returns:
         A summary (`bundle_dir`, `bundle_files`, `golden_examples`), empty if
@@ -53,16 +67,22 @@ def write_and_verify_bundle(ctx, splits, reference: np.ndarray,
     export_dir = run_dir / "export"
     n = min(cfg.export.golden_examples, len(splits.test))
     norm = splits.normalizer
-    raw = (splits.test.x[:n] * norm.std + norm.mean).astype("float32")  # as the app gets it
-    image, golden_images = image_preprocessing(cfg, splits, n)
-    if image is not None:
-        raw = np.round(raw)  # 8-bit pixel values at the model's size
+    if text is not None:
+        raw, norm, reference, n = text["ids"], None, text["reference"], len(text["ids"])
+        image, golden_images = None, ()
+    else:
+        raw = (splits.test.x[:n] * norm.std + norm.mean).astype("float32")  # as the app gets it
+        image, golden_images = image_preprocessing(cfg, splits, n)
+        if image is not None:
+            raw = np.round(raw)  # 8-bit pixel values at the model's size
     unverified = run_dir / ".bundle.unverified"
     write_bundle(
         unverified, {f: export_dir / report["formats"][f]["file"] for f in formats}, raw,
         normalization=norm, label_names=splits.label_names, task=splits.task,
         model_name=cfg.name, model_version=run_dir.name, source_run=run_label(run_dir),
         reference_outputs=reference[:n],
+        text=text["strings"] if text else None,
+        tokenizer=splits.info["tokenizer"] if text else None,
         metadata={"mlflow_run_id": tracker.parent_id, "experiment": tracker.experiment,
                   "data_fingerprint": splits.fingerprint},
         image=image, golden_images=golden_images,

@@ -8,7 +8,10 @@ imported: no Keras, no TensorFlow, no kdl.
 
 The input kind comes from the contract: `preprocessing.image` -> image files
 or folders of them (decoded by Pillow to 8-bit RGB, first frame, then
-`verify_bundle.preprocess_image`). A kind is one entry of `INPUT_KINDS`.
+`verify_bundle.preprocess_image`); `preprocessing.tokenizer` -> strings
+(`--text "..."`, repeatable, or `--lines FILE`: one text per line), tokenized by
+the plain-Python reference tokenizer (`tokenizer_reference.py`) from the
+contract and the bundle's vocabulary. A kind is one entry of `INPUT_KINDS`.
 
 Exit status: 0 predictions printed; 2 bad input (not a bundle, a malformed
 contract, unreadable or missing files: all of them named in one line).
@@ -93,7 +96,8 @@ def decode_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype="uint8")
 
 
-def load_images(contract: dict, items: list[str]) -> tuple[list[str], list[np.ndarray]]:
+def load_images(contract: dict, items: list[str], bundle: Path | None = None
+                ) -> tuple[list[str], list[np.ndarray]]:
     """Every image named (files or folders), preprocessed; `PredictError` naming every
     unreadable one."""
     paths, problems = _image_paths(items)
@@ -114,9 +118,40 @@ def load_images(contract: dict, items: list[str]) -> tuple[list[str], list[np.nd
     return names, inputs
 
 
+# ----------------------------------------------------------------------------- text
+
+
+def load_texts(contract: dict, items: list[str], bundle: Path | None = None
+               ) -> tuple[list[str], list[np.ndarray]]:
+    """Token ids of each string, by the reference tokenizer and the bundle's vocabulary."""
+    from pipelines.verify_bundle import _reference_tokenizer
+
+    if not items:
+        raise PredictError("no input texts given: use --text \"...\" or --lines FILE")
+    spec = contract["preprocessing"]["tokenizer"]
+    supported, reference, read_vocabulary = _reference_tokenizer()
+    if spec["kind"] not in supported:
+        raise PredictError(f"this bundle's tokenizer is {spec['kind']}; predict tokenizes "
+                           f"{', '.join(supported)} (run the SentencePiece runtime in the app)")
+    vocab = read_vocabulary(bundle / spec["vocabulary_file"]) if spec.get(
+        "vocabulary_file") else []
+    tok = reference(spec, vocab)
+    return list(items), [np.asarray(tok.encode(t), "int32") for t in items]
+
+
+def read_lines(path: Path) -> list[str]:
+    """`--lines FILE`: one text per line (UTF-8), blank lines skipped."""
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PredictError(f"--lines {path}: cannot read it as UTF-8 text ({e})") from None
+    return [line for line in content.splitlines() if line.strip()]
+
+
 # Input kinds by the contract block that declares them: (block, loader, what to give).
 INPUT_KINDS: dict[str, tuple[str, Callable, str]] = {
     "image": ("image", load_images, "image files or folders"),
+    "text": ("tokenizer", load_texts, "--text strings or --lines FILE"),
 }
 
 
@@ -143,7 +178,7 @@ def predict(bundle: Path, items: list[str], *, top_k: int = 3, model: str | None
     except MalformedBundleError as e:
         raise PredictError(f"bundle {bundle} is malformed: {e}") from None
     kind = input_kind(contract)
-    names, inputs = INPUT_KINDS[kind][1](contract, items)
+    names, inputs = INPUT_KINDS[kind][1](contract, items, bundle)
     fname = choose_file(contract, model)
     entry = contract["files"][fname]
     try:
@@ -177,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipelines predict",
         description="Predict with a mobile bundle (numpy + ai-edge-litert + Pillow only).")
     parser.add_argument("bundle", type=Path, help="a bundle directory or a run directory")
-    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument("inputs", nargs="*", help="image files or folders of images")
+    parser.add_argument("--text", action="append", default=[],
+                        help="a text to classify (text bundles; repeat for several)")
+    parser.add_argument("--lines", type=Path, help="a UTF-8 file of texts, one per line")
     parser.add_argument("--top-k", type=int, default=3, help="classes per input (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--model", help="the .tflite file of the bundle to run (default: the "
@@ -188,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --top-k and --threads must be >= 1", file=sys.stderr)
         return 2
     try:
-        result = predict(args.bundle, args.inputs, top_k=args.top_k, model=args.model,
-                         num_threads=args.threads)
+        texts = args.text + (read_lines(args.lines) if args.lines else [])
+        if texts and args.inputs:
+            raise PredictError("give image files or texts (--text/--lines), not both")
+        result = predict(args.bundle, texts or args.inputs, top_k=args.top_k,
+                         model=args.model, num_threads=args.threads)
     except PredictError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

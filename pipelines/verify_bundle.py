@@ -18,9 +18,15 @@ each `.tflite` file the contract lists:
    within the file's tolerance (`|got - expected| <= atol + rtol * |expected|`),
    plus the top-1 class for classification bundles when it is unambiguous.
 
+Text bundles (a `preprocessing.tokenizer` block): first each golden string
+(`golden.text`) goes through the plain-Python reference tokenizer
+(`tokenizer_reference.py`, written from the contract alone) and must give the
+golden token ids exactly; the ids then go through the model as above.
+
 It imports only the standard library, numpy and `ai-edge-litert`, never Keras,
 TensorFlow or kdl: it is the reference an Android or iOS unit test mirrors,
-and a copy of this one file runs anywhere those two packages install.
+and a copy of this file (with `tokenizer_reference.py` beside it, for text)
+runs anywhere those two packages install.
 
 Before any model file is read, the contract is validated completely (every
 block by its entry in `CONTRACT_BLOCKS`: file names inside the bundle, sha256
@@ -234,8 +240,72 @@ def _check_image(value, where: str, v: _Validation) -> None:
                                          f"{shape[1:]}")
 
 
+TOKENIZER_KINDS = ("wordpiece", "sentencepiece", "byte_pair", "bytes")
+TOKENIZER_STEPS = ("split_cjk", "strip_accents", "split", "lowercase", "wordpiece", "bytes",
+                   "sentencepiece")
+TOKENIZER_KEYS = ("kind", "normalization", "lowercase", "strip_accents", "vocab_size",
+                  "sequence_length", "pad_id", "start_token", "start_id", "end_token", "end_id",
+                  "truncation", "padding", "unknown_token", "unknown_id", "suffix_indicator",
+                  "split_on_cjk", "max_bytes_per_word", "special_tokens", "vocabulary_file",
+                  "sentencepiece_model_file", "file_sha256", "applies_to")
+
+
+def _check_tokenizer(value, where: str, v: _Validation) -> None:
+    """A text model's tokenizer: steps in order, ids in range, its files declared."""
+    if value is None:
+        return
+    _keys(value, where, TOKENIZER_KEYS)
+    kind = _require(value, "kind", where, str)
+    if kind not in TOKENIZER_KINDS:
+        raise _malformed(f"{where}.kind", f"{kind!r} is not one of {list(TOKENIZER_KINDS)}")
+    steps = _require(value, "normalization", where, list)
+    for i, step in enumerate(steps):
+        _keys(step, f"{where}.normalization[{i}]", ("step", "how"))
+        name = _require(step, "step", f"{where}.normalization[{i}]", str)
+        if name not in TOKENIZER_STEPS:
+            raise _malformed(f"{where}.normalization[{i}].step",
+                             f"{name!r} is not one of {list(TOKENIZER_STEPS)}")
+    if not steps or steps[-1]["step"] not in ("wordpiece", "bytes", "sentencepiece"):
+        raise _malformed(f"{where}.normalization", "must end in the step that makes ids "
+                                                   "(wordpiece, bytes or sentencepiece)")
+    for key in ("lowercase", "strip_accents"):
+        _require(value, key, where, bool)
+    vocab = _number(_require(value, "vocab_size", where, int), f"{where}.vocab_size", lo=1,
+                    integer=True)
+    length = _number(_require(value, "sequence_length", where, int), f"{where}.sequence_length",
+                     lo=1, integer=True)
+    for key in ("pad_id", "start_id", "end_id", "unknown_id"):
+        if key == "pad_id" or value.get(key) is not None:
+            _number(_require(value, key, where, int), f"{where}.{key}", lo=0, hi=vocab - 1,
+                    integer=True)
+    for key in ("truncation", "padding"):
+        _require(value, key, where, str)
+    hashes = value.get("file_sha256") or {}
+    _kind(hashes, dict, f"{where}.file_sha256")
+    for key in ("vocabulary_file", "sentencepiece_model_file"):
+        if value.get(key) is not None:
+            name = _require(value, key, where, str)
+            if name not in hashes:
+                raise _malformed(f"{where}.file_sha256", f"has no sha256 for {name!r}")
+    for name, sha in hashes.items():
+        v.declare(name, sha, f"{where}.file_sha256[{name!r}]")
+    if kind == "wordpiece":
+        _require(value, "vocabulary_file", where, str)
+        _number(_require(value, "unknown_id", where, int), f"{where}.unknown_id", lo=0,
+                hi=vocab - 1, integer=True)
+        _require(value, "suffix_indicator", where, str)
+        _number(_require(value, "max_bytes_per_word", where, int),
+                f"{where}.max_bytes_per_word", lo=1, integer=True)
+    for fname, entry in (v.contract.get("files") or {}).items():
+        t = (entry.get("inputs") or [{}])[0]
+        if t.get("dtype") != "int32" or (t.get("shape") or [None])[-1] != length:
+            raise _malformed(where, f"ids are int32 (1, {int(length)}); {fname} takes "
+                                    f"{t.get('dtype')} {t.get('shape')}")
+
+
 # Preprocessing steps, in the order an app applies them to the raw input.
 PREPROCESSING: dict[str, Callable[[Any, str, _Validation], None]] = {
+    "tokenizer": _check_tokenizer,
     "image": _check_image,
     "normalization": _check_normalization,
 }
@@ -376,7 +446,7 @@ def _no_constant(name: str):
 
 
 def _check_golden(golden: dict, contract: dict) -> None:
-    _keys(golden, GOLDEN, ("schema", "inputs", "expected", "reference", "images"))
+    _keys(golden, GOLDEN, ("schema", "inputs", "expected", "reference", "images", "text"))
     if golden.get("schema") != GOLDEN_SCHEMA:
         raise _malformed(f"{GOLDEN} schema", f"is {golden.get('schema')!r}, this checker reads "
                                              f"{GOLDEN_SCHEMA!r}")
@@ -413,6 +483,15 @@ def _check_golden(golden: dict, contract: dict) -> None:
                 hi=MAX_RTOL)
     if "reference" in golden:
         _array(golden["reference"], f"{GOLDEN} reference")
+    tokenizer = (contract.get("preprocessing") or {}).get("tokenizer")
+    if tokenizer is not None or "text" in golden:
+        where = f"{GOLDEN} text"
+        if tokenizer is None:
+            raise _malformed(where, "golden strings need the contract's preprocessing.tokenizer")
+        _keys(_require(golden, "text", GOLDEN, dict), where, ("stage", "strings"))
+        strings = _require(golden["text"], "strings", where, list)
+        if len(strings) != n or not all(isinstance(t, str) for t in strings):
+            raise _malformed(f"{where}.strings", f"needs {n} strings, one per golden input")
     images = golden.get("images") or []
     if images and not (contract.get("preprocessing") or {}).get("image"):
         raise _malformed(f"{GOLDEN} images", "decoded images need the contract's "
@@ -545,7 +624,8 @@ def _check_against_contract(path: Path, side: str, details: list[dict], tensors:
             )
         scale, zp = d["quantization"]
         q = _quant(t)
-        if np.issubdtype(np.dtype(d["dtype"]), np.integer):
+        if np.issubdtype(np.dtype(d["dtype"]), np.integer) and (scale or q is not None):
+            # (an integer tensor with scale 0 is not quantized: token ids)
             if q is None or not np.isclose(q[0], scale, rtol=1e-6, atol=0) or q[1] != zp:
                 raise MalformedBundleError(
                     f"{where} is quantized with scale={scale}, zero_point={zp} in the model; "
@@ -678,9 +758,9 @@ def run_like_an_app(interp, contract_inputs: list[dict], contract_outputs: list[
     for pos, (t, x) in enumerate(zip(contract_inputs, raw_inputs, strict=True)):
         x = normalize(x, contract) if pos == 0 else np.asarray(x, "float32")
         q = _quant(t)
-        if np.issubdtype(np.dtype(t["dtype"]), np.integer):
+        if q is not None and np.issubdtype(np.dtype(t["dtype"]), np.integer):
             x = quantize(x, q[0], q[1], t["dtype"])
-        else:
+        else:  # float input, or integer token ids (no quantization): the values as they are
             x = x.astype(t["dtype"])
         x = x[None]
         idx = int(t["index"])
@@ -799,6 +879,53 @@ def verify_file(bundle_dir: Path, fname: str, contract: dict, golden: dict,
     return mismatches, {"examples": n, "max_abs_diff": worst, "atol": atol, "rtol": rtol}
 
 
+def _reference_tokenizer():
+    try:
+        from pipelines.tokenizer_reference import SUPPORTED, ReferenceTokenizer, read_vocabulary
+    except ImportError:  # this file copied alone with tokenizer_reference.py beside it
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from tokenizer_reference import SUPPORTED, ReferenceTokenizer, read_vocabulary
+    return SUPPORTED, ReferenceTokenizer, read_vocabulary
+
+
+def verify_tokenizer(bundle_dir: Path, contract: dict, golden: dict) -> tuple[list[str], str]:
+    """Golden strings -> the reference tokenizer -> must equal the golden token ids.
+
+    Returns:
+        `(mismatches, summary line)`; no mismatches and an empty line for bundles
+        without a tokenizer.
+
+    Raises:
+        MalformedBundleError: the vocabulary file does not fit the contract.
+    """
+    spec = (contract.get("preprocessing") or {}).get("tokenizer")
+    if spec is None:
+        return [], ""
+    kind = spec["kind"]  # validated with the contract (_check_tokenizer, _check_golden)
+    strings = golden["text"]["strings"]
+    ids = _array(golden["inputs"][0], f"{GOLDEN} inputs[0]")
+    supported, reference, read_vocabulary = _reference_tokenizer()
+    if kind not in supported:
+        return [], (f"tokenizer {kind}: strings not replayed (the reference tokenizer "
+                    f"implements {', '.join(supported)}); ids -> outputs checked")
+    vocab = []
+    if spec.get("vocabulary_file"):
+        vocab = read_vocabulary(bundle_dir / spec["vocabulary_file"])
+        if len(vocab) != spec["vocab_size"]:
+            raise MalformedBundleError(f"{spec['vocabulary_file']}: {len(vocab)} tokens, the "
+                                       f"contract says vocab_size {spec['vocab_size']}.")
+    tok = reference(spec, vocab)
+    mismatches = []
+    for i, s in enumerate(strings):
+        got = tok.encode(s)
+        want = [int(v) for v in ids[i]]
+        if got != want:
+            j = next(k for k, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+            mismatches.append(f"text {i} {s[:40]!r}: the reference tokenizer gives id {got[j]} "
+                              f"at position {j}, golden.json has {want[j]}")
+    return mismatches, f"tokenizer {kind}: {len(strings)} golden strings"
+
+
 def verify_bundle(bundle_dir: str | Path, num_threads: int = 1) -> tuple[int, list[str]]:
     """Checks every model file in a bundle.
 
@@ -812,6 +939,16 @@ def verify_bundle(bundle_dir: str | Path, num_threads: int = 1) -> tuple[int, li
     except MalformedBundleError as e:
         return EXIT_MALFORMED, [f"MALFORMED {e}"]
     code, lines = EXIT_OK, []
+    try:
+        mismatches, head = verify_tokenizer(bundle_dir, contract, golden)
+    except MalformedBundleError as e:
+        return EXIT_MALFORMED, [f"MALFORMED {e}"]
+    if mismatches:
+        code = EXIT_MISMATCH
+        lines.append(f"FAIL {head}")
+        lines.extend(f"    {m}" for m in mismatches)
+    elif head:
+        lines.append(f"PASS {head}")
     port = check_image_port(contract, golden)
     if port:
         code = EXIT_MISMATCH

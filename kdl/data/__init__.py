@@ -8,6 +8,7 @@ and computes normalization statistics on the training split only.
 from kdl.data import (
     sources,  # noqa: F401  (registers the built-in datasets)
     synthetic,  # noqa: F401  (generated sequence and graph datasets)
+    text,  # noqa: F401  (text files, keras.datasets imdb/reuters, generated reviews)
 )
 from kdl.data.core import (
     DataError,
@@ -16,6 +17,7 @@ from kdl.data.core import (
     RawData,
     Split,
     fingerprint,
+    is_text,
     load_splits,
     make_tf_dataset,
     model_input,
@@ -31,6 +33,7 @@ __all__ = [
     "RawData",
     "Split",
     "fingerprint",
+    "is_text",
     "load_splits",
     "make_tf_dataset",
     "model_input",

@@ -58,7 +58,9 @@ class RawData:
     def __post_init__(self):
         if self.task not in TASKS:
             raise DataError(f"task must be one of {TASKS}, got {self.task!r}")
-        if isinstance(self.x, tuple | list):
+        if is_text(self.x):  # raw strings: tokenized after splitting (kdl.data.tokenizers)
+            self.x = np.array([str(t) for t in self.x], dtype=object)
+        elif isinstance(self.x, tuple | list):
             self.x = tuple(_numeric(a, f"x[{i}]") for i, a in enumerate(self.x))
             if len({len(a) for a in self.x}) != 1:
                 raise DataError(f"the inputs have different example counts: "
@@ -156,6 +158,12 @@ def class_ids(y, label_names=(), where: Callable[[int], str] = lambda i: f"examp
     return ids.reshape(y.shape).astype("int32"), names or [str(i) for i in range(k)]
 
 
+def is_text(x) -> bool:
+    """True for a 1-D array of strings (a text dataset before tokenization)."""
+    return (isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind in "OUS"
+            and (len(x) == 0 or isinstance(x[0], str | bytes)))
+
+
 def is_multi_input(x) -> bool:
     """True for a tuple of input arrays (a model with several inputs)."""
     return isinstance(x, tuple | list)
@@ -238,6 +246,7 @@ class Split:
     y: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     weight: np.ndarray | None = None
+    text: np.ndarray | None = None  # text datasets: the raw strings `x` was tokenized from
 
     def __len__(self) -> int:
         return num_examples(self.x)
@@ -414,6 +423,7 @@ def load_splits(
     nonfinite: str = "error",
     cache_dir: str | None = None,
     augment: list[dict[str, Any]] | None = None,
+    tokenizer: dict[str, Any] | None = None,
     **options: Any,
 ) -> DataSplits:
     """Load dataset `name`, split it (seeded) and normalize with train statistics.
@@ -429,6 +439,11 @@ def load_splits(
         nonfinite: "error": examples holding NaN or inf are refused (`DataError`
             naming how many, in which split, and the first); "drop": they are
             dropped, and the counts per split are in `DataSplits.dropped`.
+        tokenizer: text datasets: the tokenizer's settings
+            (`kdl.data.tokenizers.fit_tokenizer` arguments); learned on the
+            training split only, applied to every split in tf.data. The splits'
+            `x` are int32 token ids, `text` the raw strings; `info["tokenizer"]`
+            is the tokenizer's spec (what the app must reproduce).
         cache_dir: streamed image datasets: where `tf.data` caches decoded images
             (None: decode every epoch).
         augment: Keras preprocessing layers by name for the training split,
@@ -447,6 +462,10 @@ def load_splits(
         return splits
     parts = dict(zip(("train", "val", "test"),
                      _draw_splits(raw, val_fraction, test_fraction, seed), strict=True))
+    if is_text(raw.x):  # strings: nothing non-finite; token ids after the split
+        if raw.task == "classification":
+            _check_classes(raw, parts["train"])
+        return _text_splits(raw, parts, tokenizer)
     parts, dropped = _check_finite(raw, parts, nonfinite)
     if not len(parts["train"]):
         raise DataError(f"dataset {name!r} has no training examples left after dropping "
@@ -473,6 +492,23 @@ def load_splits(
         dropped=dropped,
         augment=build_augment(augment or [], len(raw.label_names), seed),
     )
+
+
+def _text_splits(raw: RawData, parts: dict[str, np.ndarray], tokenizer) -> DataSplits:
+    """Learn the tokenizer on the training texts; every split becomes int32 ids (+ text)."""
+    from kdl.data.tokenizers import fit_tokenizer, tokenize, tokenizer_spec
+
+    tok = fit_tokenizer(raw.x[parts["train"]], **(tokenizer or {}))
+    spec = tokenizer_spec(tok)
+    s = {k: Split(tokenize(tok, raw.x[idx]), raw.y[idx], text=raw.x[idx])
+         for k, idx in parts.items()}
+    return DataSplits(
+        train=s["train"], val=s["val"], test=s["test"], task=raw.task,
+        label_names=list(raw.label_names),
+        normalizer=Normalizer(np.zeros(0, "float32"), np.ones(0, "float32")),
+        fingerprint=fingerprint(*(v.x for v in s.values()), raw.y, *parts.values()),
+        info={**raw.info, "tokenizer": spec, "vocab_size": spec["vocab_size"],
+              "sequence_length": spec["sequence_length"]})
 
 
 def _check_classes(raw: RawData, train: np.ndarray) -> None:

@@ -70,7 +70,7 @@ def _tensor_entry(detail: dict, signature_names: dict[int, str]) -> dict[str, An
     dtype = np.dtype(detail["dtype"]).name
     scale, zero_point = detail["quantization"]
     quant = None
-    if np.issubdtype(np.dtype(dtype), np.integer):
+    if np.issubdtype(np.dtype(dtype), np.integer) and scale:  # not token ids (scale 0)
         scales = detail["quantization_parameters"]["scales"]
         if len(scales) > 1:
             raise ValueError(
@@ -157,6 +157,29 @@ def _normalization_dict(normalization) -> dict[str, Any] | None:
     return d
 
 
+VOCABULARY_FILE = "vocabulary.txt"
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def _tokenizer_block(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The contract's `preprocessing.tokenizer` block and the files it names."""
+    block = {k: v for k, v in spec.items() if k not in ("vocabulary", "proto_hex", "preset")}
+    files: dict[str, bytes] = {}
+    if spec.get("vocabulary"):
+        vocab = [str(t) for t in spec["vocabulary"]]
+        if any("\n" in t for t in vocab):
+            raise ValueError("a vocabulary token holds a newline; it cannot be a line of "
+                             f"{VOCABULARY_FILE}")
+        files[VOCABULARY_FILE] = ("\n".join(vocab) + "\n").encode("utf-8")
+        block["vocabulary_file"] = VOCABULARY_FILE
+    if spec.get("proto_hex"):
+        files[SENTENCEPIECE_FILE] = bytes.fromhex(spec["proto_hex"])
+        block["sentencepiece_model_file"] = SENTENCEPIECE_FILE
+    block["file_sha256"] = {n: hashlib.sha256(c).hexdigest() for n, c in files.items()}
+    block["applies_to"] = "input 0: int32 token ids, (1, sequence_length)"
+    return block, files
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
     """Moves `tmp` to `target`, replacing an existing `target` all or nothing."""
     old = None
@@ -189,6 +212,8 @@ def write_bundle(
     metadata: Mapping[str, Any] | None = None,
     image: Mapping[str, Any] | None = None,
     golden_images: Sequence[np.ndarray] = (),
+    text: Sequence[str] | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes the mobile bundle directory, atomically.
 
@@ -209,6 +234,11 @@ def write_bundle(
         tolerances: per format overrides of `DEFAULT_TOLERANCES`.
         metadata: more JSON-able facts for the contract's `model` section
             (tracking run id, data fingerprint, ...).
+        text: text models: the raw golden strings; `golden_inputs` are then their
+            token ids (what `tokenizer` gives), and `golden.json` carries both.
+        tokenizer: text models: the tokenizer spec (`kdl.data.tokenizers.tokenizer_spec`);
+            its vocabulary (or SentencePiece model) becomes a file of the bundle and
+            the rest the contract's `preprocessing.tokenizer` block.
         image: image models: the decode/resize steps (`ImageSpec.to_dict()` and the
             model's `model_input` range), the contract's `preprocessing.image`;
             `golden_inputs` are then the resized pixels.
@@ -228,11 +258,15 @@ def write_bundle(
     names = [Path(p).name for p in tflite_files.values()]
     if len(set(names)) != len(names):
         raise ValueError(f"bundle files need distinct names, got {names}")
-    raw = np.asarray(golden_inputs, "float32")
+    raw = np.asarray(golden_inputs, "int32" if tokenizer is not None else "float32")
     if raw.ndim < 2 or len(raw) == 0:
         raise ValueError(f"golden_inputs needs a batch axis and one example at least, got shape "
                          f"{list(raw.shape)}")
     norm = _normalization_dict(normalization)
+    if tokenizer is not None and (norm is not None or text is None or len(text) != len(raw)):
+        raise ValueError("a text bundle needs one golden string per row of token ids and no "
+                         "normalization")
+    tok_block, tok_files = _tokenizer_block(tokenizer) if tokenizer is not None else (None, {})
     x = raw
     if norm is not None:
         mean, std = np.asarray(norm["mean"], "float32"), np.asarray(norm["std"], "float32")
@@ -278,18 +312,27 @@ def write_bundle(
                   "task": task, **dict(metadata or {}),
                   "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
         "labels": [str(n) for n in label_names],
-        "preprocessing": {**({"image": dict(image)} if image else {}), "normalization": norm},
-        "how_to_run": HOW_TO,
+        "preprocessing": {**({"image": dict(image)} if image else {}), "normalization": norm,
+                          **({"tokenizer": tok_block} if tok_block else {})},
+        "how_to_run": {**HOW_TO, **({"tokenize": "input 0 = preprocessing.tokenizer applied to "
+                                     "the string (its normalization steps in order, then "
+                                     "start/end tokens, truncation, padding); golden.text "
+                                     "holds the strings, golden inputs[0] their ids"}
+                                     if tok_block else {})},
         "files": files,
         "golden": {"file": "golden.json", "examples": len(raw)},
     }
     golden: dict[str, Any] = {
         "schema": GOLDEN_SCHEMA,
         "inputs": [{"name": files[names[0]]["inputs"][0]["signature_name"]
-                    or files[names[0]]["inputs"][0]["name"], "stage": "raw, before preprocessing",
-                    **_json_array(raw)}],
+                    or files[names[0]]["inputs"][0]["name"],
+                    "stage": "token ids of golden.text (the tokenizer's output)" if tok_block
+                    else "raw, before preprocessing", **_json_array(raw)}],
         "expected": expected,
     }
+    if tok_block:
+        golden["text"] = {"stage": "raw strings: text -> tokenizer -> inputs[0] -> outputs",
+                          "strings": [str(t) for t in text]}
     if golden_images:
         golden["images"] = [{"name": f"image {i}", "stage": "decoded 8-bit pixels, before "
                              "resize", **_json_array(np.asarray(g))}
@@ -302,7 +345,7 @@ def write_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.tmp-", dir=bundle_dir.parent))
     try:
         tmp.chmod(0o755)
-        for name, content in contents.items():  # the bytes checked and hashed above
+        for name, content in {**contents, **tok_files}.items():  # checked and hashed above
             (tmp / name).write_bytes(content)
         (tmp / "contract.json").write_text(json.dumps(contract, indent=1), encoding="utf-8")
         (tmp / "golden.json").write_text(json.dumps(golden), encoding="utf-8")

@@ -384,7 +384,8 @@ def check_representative(model, representative: np.ndarray | None) -> np.ndarray
     if got != expected:
         raise ExportError(f"representative dataset has examples of shape {got}, but the "
                           f"model's input is {expected}: draw it from the training split")
-    return np.asarray(representative, "float32")
+    dtype = "int32" if "int" in str(model.inputs[0].dtype) else "float32"  # token ids stay
+    return np.asarray(representative, dtype)
 
 
 def _tflite_int8(model, path, *, saved_model, representative=None, float_io=False,

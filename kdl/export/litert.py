@@ -39,9 +39,10 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 class LiteRTRunner:
     """Float in, float out over a `.tflite` with one input and one output.
 
-    Integer input/output tensors (full-int8 models) are quantized and
+    Quantized integer input/output tensors (full-int8 models) are quantized and
     dequantized with the tensor's own scale and zero point, so callers always
-    see the float values the Keras model would produce.
+    see the float values the Keras model would produce. An integer input
+    without quantization (token ids) takes the values as they are.
 
     Args:
         path: the `.tflite` file.
@@ -84,10 +85,11 @@ class LiteRTRunner:
         return self.interpreter.get_tensor(self.output["index"])
 
     def _typed(self, x: np.ndarray) -> np.ndarray:
-        """Float input -> the input tensor's dtype (quantized for integer inputs)."""
+        """Float input -> the input tensor's dtype (quantized for quantized integer inputs;
+        integer inputs with scale 0, token ids, take the values as they are)."""
         dtype = self.input["dtype"]
-        if np.issubdtype(dtype, np.integer):
-            scale, zp = self.input["quantization"]
+        scale, zp = self.input["quantization"]
+        if np.issubdtype(dtype, np.integer) and scale:
             x = quantize(x, scale, zp, dtype)
         return x.astype(dtype, copy=False)
 

@@ -1,6 +1,7 @@
 """Custom layers shared by the model zoo (keras.ops only, registered as "kdl>Name")."""
 
 from kdl.layers.attention import (
+    MaskedMeanPooling,
     MultiHeadAttention,
     PaddingMask,
     SinusoidalPositionEncoding,
@@ -19,6 +20,7 @@ from kdl.layers.transformer import (
 
 __all__ = [
     "ClassToken",
+    "MaskedMeanPooling",
     "LearnedPositionEmbedding",
     "MultiHeadAttention",
     "PaddingMask",

@@ -106,6 +106,31 @@ class PaddingMask(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kdl")
+class MaskedMeanPooling(keras.layers.Layer):
+    """The mean over positions where `tokens != pad_id` (all-padding rows give zeros).
+
+    Call arguments:
+        x: `(batch, length, features)`.
+        tokens: `(batch, length)` token ids the mask comes from.
+    """
+
+    def __init__(self, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_id = pad_id
+
+    def call(self, x, tokens):
+        mask = ops.expand_dims(ops.cast(ops.not_equal(tokens, self.pad_id), x.dtype), -1)
+        total = ops.sum(x * mask, axis=1)
+        return total / ops.maximum(ops.sum(mask, axis=1), ops.cast(1.0, x.dtype))
+
+    def compute_output_shape(self, x_shape, tokens_shape):
+        return (x_shape[0], x_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id}
+
+
+@keras.saving.register_keras_serializable(package="kdl")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention with query/key/value/output projections.
 

@@ -17,6 +17,7 @@ from kdl.models import (  # noqa: F401
     resnet,
     rnn,
     tcn,
+    text,
     transformer,
 )
 from kdl.models.heads import output_head

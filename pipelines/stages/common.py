@@ -12,6 +12,7 @@ from typing import Any
 import keras
 
 from kdl import training
+from kdl.config import tokenizer_options
 from kdl.data import DataSplits, load_splits, make_tf_dataset
 from kdl.data.sources import IMAGE_OPTIONS
 from kdl.export.litert import ExportFileError
@@ -43,17 +44,27 @@ class Context:
 
 def load_data(cfg: ExperimentConfig, cache_dir: Path | None = None) -> DataSplits:
     """The recipe's dataset, split and normalized exactly as in training (image files:
-    their decoded images cached under `cache_dir` when `data.cache`)."""
+    their decoded images cached under `cache_dir` when `data.cache`; texts: the tokenizer
+    learned again on the same training split, deterministically)."""
     d = cfg.data
-    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task}.items()
-               if v is not None}
+    options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task,
+                                 "text": d.text}.items() if v is not None}
     if DATASETS.get(d.name).meta.get("files"):
         options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
     options.update(d.params)
     return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                        seed=d.seed, normalize=d.normalize, nonfinite=d.nonfinite,
                        augment=d.augment,
-                       cache_dir=str(cache_dir) if d.cache and cache_dir else None, **options)
+                       cache_dir=str(cache_dir) if d.cache and cache_dir else None,
+                       tokenizer=tokenizer_options(d, cfg.tokenizer), **options)
+
+
+def model_params(cfg: ExperimentConfig, splits: DataSplits) -> dict:
+    """`model.params`, plus the learned vocabulary size for models on token ids."""
+    params = dict(cfg.model.params)
+    if "tokenizer" in splits.info:
+        params.setdefault("vocab_size", splits.info["vocab_size"])
+    return params
 
 
 def check_model_takes_data(cfg: ExperimentConfig) -> DataSplits | None:
@@ -77,7 +88,8 @@ def check_model_takes_data(cfg: ExperimentConfig) -> DataSplits | None:
                              **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
             else:
                 build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                            task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+                            task=splits.task, preset=cfg.model.preset,
+                            **model_params(cfg, splits))
         except Exception as e:  # noqa: BLE001  (any failure to build is this mismatch)
             cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise ConfigError(f"model {cfg.model.name!r} cannot take data {cfg.data.name!r} "

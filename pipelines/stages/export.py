@@ -110,7 +110,10 @@ def run(ctx: Context) -> dict:
     tracker.log_artifact(run_dir / "export" / "report.json", "export")
     summary: dict[str, Any] = {"source": str(model_path.relative_to(run_dir))}
     try:  # the mobile bundle: written, replayed by the standalone checker, registered
-        bundle = mobile.write_and_verify_bundle(ctx, splits, reference, report)
+        text = (mobile.text_golden(splits, cfg.export.golden_examples,
+                                   lambda ids: training.predict(model, ids))
+                if "tokenizer" in splits.info else None)
+        bundle = mobile.write_and_verify_bundle(ctx, splits, reference, report, text)
     except mobile.BundleVerificationError as e:
         raise StageFailed(str(e)) from None
     if bundle:

@@ -14,7 +14,7 @@ from kdl.models import build_model
 from kdl.registry import MODELS
 from kdl.transfer import load_backbone, with_head
 from pipelines import plots, toolkit
-from pipelines.stages.common import Context, StageFailed, load_data, save_model
+from pipelines.stages.common import Context, StageFailed, load_data, model_params, save_model
 
 
 def run(ctx: Context) -> dict:
@@ -36,6 +36,15 @@ def run(ctx: Context) -> dict:
         if report["skipped"]:
             print(f"data: skipped {report['skipped']} unusable file(s) of {report['root']} "
                   f"(listed in {run_dir / 'data_report.json'})")
+    text_report = splits.info.get("data_report")
+    if text_report:  # texts: rows dropped (empty, no label) or repaired (non-UTF-8 bytes)
+        atomic_write_json(run_dir / "data_report.json", text_report)
+        tracker.log_artifact(run_dir / "data_report.json")
+        tracker.log_metrics({f"data/{k}": float(v) for k, v in text_report.items()})
+        fixed = {k: v for k, v in text_report.items() if k not in ("rows", "examples") and v}
+        if fixed:
+            print(f"data: {text_report['examples']} of {text_report['rows']} rows used; "
+                  + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in fixed.items()))
     if splits.augment is not None:  # one augmented training batch, to look at
         plots.image_batch(make_tf_dataset(splits.train, 32, shuffle=True, seed=cfg.data.seed,
                                           augment=splits.augment),
@@ -58,7 +67,8 @@ def run(ctx: Context) -> dict:
             model = with_head(backbone, splits.num_outputs, splits.task, transfer.dropout)
         else:
             model = build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
-                                task=splits.task, preset=cfg.model.preset, **cfg.model.params)
+                                task=splits.task, preset=cfg.model.preset,
+                                **model_params(cfg, splits))
         steps = math.ceil(len(splits.train) / cfg.data.batch_size)
         training.compile_for(model, splits.task, cfg.train, steps, training.soft_labels(splits))
         dist.check_layout(model)

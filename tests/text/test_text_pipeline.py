@@ -1,0 +1,162 @@
+"""The text application end to end through the CLI: a user's CSV with the default text
+recipe -> a verified bundle -> predict --text; bad input is one line, exit 2, no run."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kdl.config import ConfigError
+from pipelines.config import load_config
+from kdl.data.text import reviews
+
+
+def _write_csv(path, n=400, seed=0):
+    import csv
+
+    raw = reviews(n=n, seed=seed)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "text", "label"])
+        for i, (t, y) in enumerate(zip(raw.x, raw.y, strict=True)):
+            w.writerow([i, t, raw.label_names[y]])
+        w.writerow([n, "", "positive"])  # an empty text: dropped and counted
+    return raw
+
+
+def _cli(args, tmp_path, timeout=900):
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path)
+
+
+FAST = ["train.epochs=3", "model.preset=tiny", "model.params={model_dim: 16, mlp_dim: 32}",
+        "tokenizer.vocab_size=300", "tokenizer.sequence_length=16", "train.verbose=0",
+        "export.formats=[tflite_fp32,tflite_dynamic]"]
+
+
+@pytest.mark.slow  # a full run + verify + predict, three processes (about a minute)
+def test_user_csv_through_the_recipe_to_a_verified_bundle_and_predict(tmp_path):
+    _write_csv(tmp_path / "my_texts.csv")
+    sets = ["data.name=text_csv", "data.path=my_texts.csv", "data.text=text",
+            "data.target=label", f"output_dir={tmp_path / 'out'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *FAST]
+    proc = _cli(["run", "reviews_transformer", *[a for s in sets for a in ("--set", s)]],
+                tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data: 400 of 401 rows used; empty text dropped: 1" in proc.stdout
+    run_dir = next((tmp_path / "out").glob("reviews_transformer/*"))
+    bundle = run_dir / "bundle"
+    contract = json.loads((bundle / "contract.json").read_text())
+    assert contract["preprocessing"]["tokenizer"]["kind"] == "wordpiece"
+    assert (bundle / "vocabulary.txt").is_file()
+    check = _cli(["verify-bundle", str(bundle)], tmp_path, 300)
+    assert check.returncode == 0 and "PASS tokenizer wordpiece" in check.stdout
+    # predict --text agrees with the bundle's own golden outputs (the model's labels)
+    golden = json.loads((bundle / "golden.json").read_text())
+    texts = golden["text"]["strings"][:3]
+    pred = _cli(["predict", str(run_dir), "--json", "--model", "model_fp32.tflite",
+                 *[a for t in texts for a in ("--text", t)]], tmp_path, 300)
+    assert pred.returncode == 0, pred.stderr
+    want = np.asarray(golden["expected"]["model_fp32.tflite"]["outputs"][0]["data"]).argmax(1)
+    got = [p["top"][0]["class"] for p in json.loads(pred.stdout)["predictions"]]
+    assert got == list(want[:3])
+
+
+BAD = [
+    (["data.path=missing.csv"], "does not exist"),
+    (["data.text=body"], "column 'body' is not in my_texts.csv"),
+    (["model.name=cnn"], "does not take token ids"),
+    (["tokenizer.kind=byte_pair"], "byte_pair"),
+    (["data.path=one.csv"], "label 'rare' has a single example"),
+]
+
+
+def _bad_setup(tmp_path, monkeypatch):
+    _write_csv(tmp_path / "my_texts.csv", n=30)
+    (tmp_path / "one.csv").write_text("text,label\na,x\nb,x\nc,rare\n")
+    monkeypatch.chdir(tmp_path)
+    return ["data.name=text_csv", "data.path=my_texts.csv", "data.text=text",
+            "data.target=label", f"output_dir={tmp_path / 'out'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("sets,message", BAD)
+def test_bad_text_input_fails_the_config_check(tmp_path, monkeypatch, sets, message):
+    base = _bad_setup(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match=message):
+        load_config("reviews_transformer", base + sets)
+
+
+@pytest.mark.once
+def test_bad_text_input_is_one_line_exit_2_before_any_run(tmp_path, monkeypatch):
+    base = _bad_setup(tmp_path, monkeypatch)
+    sets, message = BAD[-1]
+    proc = _cli(["run", "reviews_transformer",
+                 *[a for s in base + sets for a in ("--set", s)]], tmp_path, 300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    # one line of ours (TensorFlow's C++ start-up lines, printed on import by any recipe's
+    # validation, are not ours; see docs/text.md)
+    ours = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith(
+        ("WARNING: All log messages before absl", "I0000 ", "W0000 ", "E0000 "))]
+    assert len(ours) == 1 and ours[0].startswith("error: ") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.once
+def test_the_recipe_loads_and_text_config_is_checked():
+    cfg = load_config("reviews_transformer")
+    assert cfg.data.name == "reviews" and cfg.tokenizer.kind == "wordpiece"
+    with pytest.raises(ConfigError, match="not a text dataset"):
+        load_config("digits_cnn", ["data.text=body"])
+    with pytest.raises(ConfigError, match="tokenizer.preset"):
+        load_config("reviews_transformer", ["model.name=bert_classifier",
+                                            "model.params={checkpoint: /nope}"])
+
+
+@pytest.mark.slow  # fine-tunes a (tiny) BERT through train, export and the bundle gate
+@pytest.mark.parametrize("arch", ["bert", "distil_bert"])
+def test_bert_family_fine_tuned_from_a_local_kerashub_preset(tmp_path, arch):
+    """A tiny pretrained checkpoint written here in KerasHub's preset layout (backbone +
+    tokenizer), fine-tuned with a kdl head; the bundle's tokenizer is the preset's."""
+    import keras_hub
+
+    from kdl.data.tokenizers import fit_tokenizer
+    from pipelines.run import run_pipeline
+    from pipelines.verify_bundle import verify_bundle
+
+    raw = reviews(n=600, seed=1)
+    vocab = fit_tokenizer(raw.x, vocab_size=300).vocabulary()
+    preset = tmp_path / "preset"
+    cls = {"bert": keras_hub.models.BertBackbone, "distil_bert":
+           keras_hub.models.DistilBertBackbone}[arch]
+    backbone = cls(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+                   intermediate_dim=32, max_sequence_length=32)
+    backbone.save_to_preset(str(preset))
+    tok_cls = {"bert": keras_hub.tokenizers.BertTokenizer,
+               "distil_bert": keras_hub.tokenizers.DistilBertTokenizer}[arch]
+    tok_cls(vocabulary=vocab, lowercase=True).save_to_preset(str(preset))
+    weights = backbone.get_layer("token_embedding").get_weights()[0]
+
+    cfg = load_config("reviews_transformer", [
+        f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+        "model.name=bert_classifier", "model.preset=tiny",
+        f"model.params={{backbone: {arch}, checkpoint: {preset}}}",
+        f"tokenizer.preset={preset}", "tokenizer.sequence_length=24",
+        "tokenizer.start_token=[CLS]", "tokenizer.end_token=[SEP]", "train.epochs=3",
+        "train.verbose=0", "train.learning_rate=0.001", "data.params={n: 900}"])
+    run_dir, results, _ = run_pipeline(cfg, log=lambda *_: None)
+    assert results["train"]["test_accuracy"] > 0.5  # three classes: chance is 1/3
+    assert verify_bundle(run_dir / "bundle")[0] == 0
+    contract = json.loads((run_dir / "bundle" / "contract.json").read_text())
+    tok = contract["preprocessing"]["tokenizer"]
+    assert tok["start_token"] == "[CLS]" and tok["vocab_size"] == len(vocab)
+    # the fine-tuned embeddings started from the checkpoint's (moved, but close)
+    import keras
+
+    model = keras.saving.load_model(run_dir / "model.keras")
+    hub = next(layer for layer in model.layers if isinstance(layer, cls))
+    tuned = hub.get_layer("token_embedding").get_weights()[0]
+    assert np.corrcoef(tuned.ravel(), weights.ravel())[0, 1] > 0.9

@@ -16,7 +16,9 @@ What a library user imports (the pipeline, `python -m pipelines`, is built on th
   `TrainConfig` and `ConfigError`;
 - training: `prepare`, `compile_for`, `fit`, `evaluate`, `predict`;
 - subpackages: `kdl.layers`, `kdl.losses`, `kdl.schedules`, `kdl.callbacks`,
-  `kdl.optimizers`, `kdl.compress`, `kdl.data`, `kdl.models`, `kdl.export`.
+  `kdl.optimizers`, `kdl.compress`, `kdl.data`, `kdl.models`, `kdl.export`,
+  `kdl.evaluate` (metrics, calibration, explanations, robustness, fairness; calling it
+  is `kdl.training.evaluate`).
 """
 
 __version__ = "0.1.0"
@@ -26,6 +28,7 @@ from kdl import (  # noqa: E402
     callbacks,
     compress,
     data,
+    evaluate,  # the package (kdl.evaluate.*); calling it is kdl.training.evaluate
     layers,
     losses,
     models,
@@ -39,7 +42,7 @@ from kdl.config import ConfigError, DataConfig, ModelConfig, TrainConfig  # noqa
 from kdl.data import load_splits  # noqa: E402
 from kdl.models import build_model  # noqa: E402
 from kdl.registry import CALLBACKS, DATASETS, MODELS, SCHEDULES  # noqa: E402
-from kdl.training import compile_for, evaluate, fit, predict, prepare  # noqa: E402
+from kdl.training import compile_for, fit, predict, prepare  # noqa: E402
 
 __all__ = [
     "CALLBACKS",

@@ -144,6 +144,7 @@ def continue_run(run_dir: Path, stages: list[str] | None = None, overrides: list
     if resume and "train" in stages:  # fail before any work when there is nothing to resume
         toolkit.checkpoint_dir(Context(cfg, run_dir, None, state=state))
     tracker = Tracker(cfg.tracking, cfg.name)
+    close_stale(run_dir, tracker, parent, log)
     if resume:
         tracker.start(f"{run_dir.name}-resumed", {"resumed_from": run_dir.name},
                       parent_id=parent)
@@ -169,6 +170,36 @@ def _run_worker(cfg: ExperimentConfig, dist, callbacks) -> tuple[Path, dict, Tra
         return scratch, {"train": train.run(ctx)}, tracker
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# What a killed stage leaves in its run directory (export/quantize work dirs, atomic temps).
+STALE = (".export-work-*", ".quantize-work-*", ".*.tmp")
+
+
+def close_stale(run_dir: Path, tracker: Tracker, parent: str | None, log=print) -> None:
+    """Before a run directory is reopened (export, bench, evaluate, --resume): stage runs
+    of its MLflow parent still RUNNING (a killed process) end KILLED, and the work and
+    temporary directories a killed stage left in it are removed. A run directory is used
+    by one invocation at a time, so whatever is there now is stale."""
+    import shutil
+
+    for pattern in STALE:
+        for p in run_dir.glob(pattern):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            log(f"removed stale {p.name} (left by a killed run)")
+    if parent is None or not tracker.enabled:
+        return
+
+    def kill_running():
+        runs = tracker.client.search_runs(
+            [tracker.client.get_run(parent).info.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
+        for r in runs:
+            tracker.client.set_terminated(r.info.run_id, "KILLED")
+        return len(runs)
+
+    if tracker._safe("close stale runs", kill_running):
+        log(f"marked stale RUNNING stage runs of {parent} KILLED")
 
 
 def _fmt(v: Any) -> str:

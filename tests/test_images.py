@@ -114,6 +114,11 @@ def test_train_val_test_folders_and_csv_are_used_as_given(tmp_path):
                     normalize=False)
     assert (len(c.train), len(c.val), len(c.test)) == (6, 2, 4)
     assert sorted(c.test.paths) == sorted(s.test.paths)
+    only_train = tmp_path / "only"
+    (tmp_path / "train").rename(only_train / "train" if only_train.mkdir() is None else None)
+    o = load_splits("image_folder", path=str(only_train), image_size=(8, 8), normalize=False,
+                    val_fraction=0.34, test_fraction=0.34)  # missing val/test: drawn
+    assert (len(o.train), len(o.val), len(o.test)) == (2, 2, 2)
 
 
 def test_streamed_split_trains_on_this_backend(photos, tmp_path):

@@ -414,13 +414,14 @@ def _checked(paths, labels, part, classes, spec: ImageSpec, root: str) -> ImageF
 
 def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
                      given: dict[str, np.ndarray]):
-    """Seeded per-class split of the examples not in `given`; returns train, val, test."""
+    """Seeded per-class split; given `val`/`test` parts are kept, missing ones are drawn
+    from the rest (a given `train` part included); train is what remains."""
     rng = np.random.default_rng(seed)
-    used = np.concatenate(list(given.values())) if given else np.array([], "int64")
-    rest = np.setdiff1d(np.arange(len(y)), used)
+    held = [given[k] for k in ("val", "test") if k in given]
+    pool = np.setdiff1d(np.arange(len(y)), np.concatenate(held) if held else [])
     out = {"train": [], "val": [], "test": []}
-    for c in np.unique(y[rest]):
-        idx = rng.permutation(rest[y[rest] == c])
+    for c in np.unique(y[pool]):
+        idx = rng.permutation(pool[y[pool] == c])
         n_test = 0 if "test" in given else int(round(test_fraction * len(idx)))
         n_val = 0 if "val" in given else int(round(val_fraction * len(idx)))
         out["test"].append(idx[:n_test])
@@ -428,7 +429,7 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
         out["train"].append(idx[n_test + n_val:])
     parts = {k: np.sort(np.concatenate(v)).astype("int64") if v else np.array([], "int64")
              for k, v in out.items()}
-    parts.update({k: np.asarray(v, "int64") for k, v in given.items()})
+    parts.update({k: np.asarray(given[k], "int64") for k in ("val", "test") if k in given})
     if not len(parts["train"]):
         raise DataError(f"{len(y)} images: too few for val_fraction={val_fraction} and "
                         f"test_fraction={test_fraction}; add images or lower the fractions")

@@ -3,7 +3,14 @@
 Metrics take predictions (NumPy), so they score the Keras model and any
 exported file alike; explanations and attacks differentiate the Keras model
 through `kdl.backend` and run on every backend. Plots: `kdl.evaluate.plots`.
+
+The package is also callable: `kdl.evaluate(model, split, task)` is
+`kdl.training.evaluate` (the task metrics of a split), so the public API's
+`kdl.evaluate(...)` and this package share one name without shadowing each other.
 """
+
+import sys
+import types
 
 from kdl.evaluate.calibration import (
     apply_temperature,
@@ -49,3 +56,13 @@ __all__ = [
     "pgd", "regression_metrics", "reliability_bins", "reweighing_weights", "robustness_report",
     "roc_pr_curves", "shap_values", "smoothgrad",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, model, split, task):
+        from kdl.training import evaluate
+
+        return evaluate(model, split, task)
+
+
+sys.modules[__name__].__class__ = _CallableModule

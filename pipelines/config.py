@@ -357,8 +357,8 @@ def _check_export(e: ExportConfig) -> None:
                 raise ConfigError(f"export.thresholds.{fmt}: unknown key {k!r}."
                                   f"{close_matches(k, allowed)} Allowed: {', '.join(allowed)}.")
     for i, fmt in enumerate(e.bundle or []):
-        if fmt not in e.formats or not fmt.startswith("tflite"):
-            tflite = [f for f in e.formats if f.startswith("tflite")]
+        if fmt not in e.formats or not FORMATS[fmt].is_tflite:
+            tflite = [f for f in e.formats if FORMATS[f].is_tflite]
             raise ConfigError(f"export.bundle[{i}]: {fmt!r} is not an exported .tflite format; "
                               f"choose from export.formats: {', '.join(tflite) or 'none'}")
     if e.golden_examples < 1:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kdl.export.bundle import replace_dir, write_bundle
+from kdl.export.formats import FORMATS
 from pipelines.tracking import run_label
 
 CANDIDATE_ALIAS = "candidate"
@@ -28,7 +29,7 @@ class BundleVerificationError(RuntimeError):
 
 def bundle_formats(cfg, report: dict[str, Any]) -> list[str]:
     """The `.tflite` formats that go into the bundle (config, else every exported one)."""
-    exported = [f for f in report["formats"] if f.startswith("tflite")]
+    exported = [f for f in report["formats"] if FORMATS[f].is_tflite]
     return [f for f in (cfg.export.bundle or exported) if f in exported]
 
 

@@ -37,6 +37,9 @@ import keras  # noqa: E402
 from pipelines.config import PROJECT_ROOT, TrackingConfig  # noqa: E402
 
 MAX_PARAM_LEN = 6000
+# The experiment kind that makes the MLflow UI open the training view (runs table, charts),
+# not the GenAI overview.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 QUEUE_SIZE = 10_000  # metric batches waiting; a full queue makes log_metrics wait
 
@@ -208,13 +211,16 @@ class Tracker:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is not None:
                 self._experiment_id = exp.experiment_id
+                if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made before the tag
+                    self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             else:
                 location = None
                 if self.uri.startswith("sqlite:///"):  # local store: artifacts beside it
                     db = Path(self.uri.removeprefix("sqlite:///"))
                     location = (db.parent / "mlartifacts").as_uri()
                 self._experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=location)
+                    self.experiment, artifact_location=location,
+                    tags=dict([EXPERIMENT_KIND]))
         return self._experiment_id
 
     # -- runs -------------------------------------------------------------------------

@@ -32,6 +32,12 @@ class Format:
     description: str
     options: tuple[str, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
+    family: str = ""  # the file type: keras | saved_model | tflite | onnx (default: name)
+
+    @property
+    def is_tflite(self) -> bool:
+        """A `.tflite` file (LiteRT): what the mobile bundle ships."""
+        return (self.family or self.name) == "tflite"
 
 
 FP32 = {"max_abs_diff": 1e-4, "min_top1_agreement": 1.0}
@@ -43,15 +49,16 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("saved_model", "saved_model", "saved_model",
            "TensorFlow SavedModel (serving endpoint 'serve')", thresholds=FP32),
     Format("tflite_fp32", "model_fp32.tflite", "litert", "TFLite, float32",
-           ("allow_flex_ops",), FP32),
+           ("allow_flex_ops",), FP32, "tflite"),
     Format("tflite_dynamic", "model_dynamic.tflite", "litert",
            "TFLite, int8 weights, float activations (dynamic range)",
-           ("allow_flex_ops",), QUANTIZED),
+           ("allow_flex_ops",), QUANTIZED, "tflite"),
     Format("tflite_fp16", "model_fp16.tflite", "litert", "TFLite, float16 weights",
-           ("allow_flex_ops",), {"max_abs_diff": 1e-2, **QUANTIZED}),
+           ("allow_flex_ops",), {"max_abs_diff": 1e-2, **QUANTIZED}, "tflite"),
     Format("tflite_int8", "model_int8.tflite", "litert",
            "TFLite, full integer: int8 weights, activations, input and output",
-           ("allow_flex_ops", "representative", "float_io", "input_dtype"), QUANTIZED),
+           ("allow_flex_ops", "representative", "float_io", "input_dtype"), QUANTIZED,
+           "tflite"),
     Format("onnx", "model.onnx", "onnxruntime",
            "ONNX (tf2onnx from the TensorFlow backend), run back in onnxruntime",
            ("opset_version",), FP32),

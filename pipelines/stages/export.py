@@ -21,6 +21,7 @@ import numpy as np
 from kdl import training
 from kdl.data import fingerprint, sample
 from kdl.export import float32_model
+from kdl.export.formats import FORMATS
 from kdl.io import atomic_path, atomic_write_json
 from pipelines import mobile, tf_process
 from pipelines.stages.common import Context, StageFailed, conversion_failed, load_keras
@@ -44,7 +45,7 @@ def export_options(cfg) -> dict[str, dict[str, Any]]:
     """Per-format converter options from the config (flex ops, uint8 pixel input)."""
     options: dict[str, dict[str, Any]] = {
         f: {"allow_flex_ops": True} for f in cfg.export.formats
-        if f.startswith("tflite") and cfg.export.allow_flex_ops}
+        if FORMATS[f].is_tflite and cfg.export.allow_flex_ops}
     if cfg.export.input_dtype != "int8" and "tflite_int8" in cfg.export.formats:
         options.setdefault("tflite_int8", {})["input_dtype"] = cfg.export.input_dtype
     return options

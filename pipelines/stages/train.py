@@ -134,6 +134,8 @@ def run(ctx: Context) -> dict:
                                       registered if cfg.tracking.register_model else None)
     if version is not None:
         metrics["registered_version"] = f"{registered} v{version}"
+        tracker.set_tags({"registered_model": metrics["registered_version"]},
+                         run_id=tracker.parent_id)
     return metrics
 
 

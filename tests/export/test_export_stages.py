@@ -126,6 +126,12 @@ def test_bundle_and_bench_config_are_checked():
                                           r"exported .tflite format; choose from export.formats: "
                                           r"tflite_fp32"):
         load_config("iris_mlp", ["export.formats=[tflite_fp32]", "export.bundle=[tflite_int8]"])
+    # "is this a .tflite file" is the format table's field, not the name's prefix
+    with pytest.raises(ConfigError, match=r"export.bundle\[0\]: 'saved_model' is not an "
+                                          r"exported .tflite format; choose from export.formats: "
+                                          r"tflite_fp32, tflite_int8"):
+        load_config("iris_mlp", ["export.formats=[saved_model,tflite_fp32,tflite_int8]",
+                                 "export.bundle=[saved_model]"])
     with pytest.raises(ConfigError, match="bench.threads"):
         load_config("iris_mlp", ["bench.threads=[0]"])
 

@@ -81,6 +81,11 @@ def test_mlflow_lineage(default_run, store):
     assert {"config.yaml", "metrics.json", "confusion_matrix.png"} <= artifacts
     versions = client.search_model_versions(f"name = 'kdl-{cfg.tracking.experiment}'")
     assert any(v.run_id == train_id for v in versions)
+    # The UI's training view, and the registered version on the parent's row of the runs table.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    version = next(v.version for v in versions if v.run_id == train_id)
+    assert tags["registered_model"] == f"kdl-{cfg.tracking.experiment} v{version}"
 
 
 def test_every_epoch_metric_reaches_mlflow(default_run, store):

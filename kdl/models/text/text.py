@@ -113,7 +113,8 @@ def _hub_backbone(arch, checkpoint, vocab_size, sequence_length, **dims):
 
 @MODELS.register("bert_classifier", presets=BERT_PRESETS, tasks=("classification",
                  "regression"), harness={"input_shape": (6,), "vocab": 20,
-                                         "kwargs": {"vocab_size": 20}})
+                                         "kwargs": {"vocab_size": 20},
+                                         "mixed_policy": {"jax": "mixed_bfloat16"}})
 def bert_classifier(input_shape, num_outputs, *, task="classification", vocab_size=None,
                     backbone="bert", checkpoint=None, num_layers=2, num_heads=4,
                     hidden_dim=64, intermediate_dim=128, dropout=0.0,

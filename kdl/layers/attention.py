@@ -118,6 +118,9 @@ class MaskedMeanPooling(keras.layers.Layer):
         super().__init__(**kwargs)
         self.pad_id = pad_id
 
+    def build(self, x_shape, tokens_shape):
+        pass  # no weights; named shapes so Keras can build it from both inputs
+
     def call(self, x, tokens):
         mask = ops.expand_dims(ops.cast(ops.not_equal(tokens, self.pad_id), x.dtype), -1)
         total = ops.sum(x * mask, axis=1)

@@ -31,10 +31,15 @@ CASES = {
                               input_shape={"query_shape": Q, "value_shape": KV},
                               expected_output_shape=((2, 4, 8), (2, 4, 3))),
     "ClassToken": dict(init_kwargs={}, input_shape=(2, 4, 8), expected_output_shape=(2, 5, 8)),
+    "FirstToken": dict(init_kwargs={}, input_shape=(2, 4, 8), expected_output_shape=(2, 8)),
     "GraphConv": dict(init_kwargs={"units": 3, "activation": "relu"},
                       input_shape=((2, 5, 4), (2, 5, 5)), expected_output_shape=(2, 5, 3)),
     "LearnedPositionEmbedding": dict(init_kwargs={}, input_shape=(2, 4, 8),
                                      expected_output_shape=(2, 4, 8)),
+    "MaskedMeanPooling": dict(init_kwargs={"pad_id": 0},
+                              input_shape={"x_shape": (2, 4, 8), "tokens_shape": (2, 4)},
+                              input_dtype={"x_shape": "float32", "tokens_shape": "int32"},
+                              expected_output_shape=(2, 8)),
     "MultiHeadAttention": dict(init_kwargs={"num_heads": 2, "model_dim": 8, "dropout": 0.1},
                                input_shape={"query_shape": Q, "value_shape": KV},
                                expected_output_shape=(2, 4, 8)),
@@ -64,6 +69,9 @@ CASES = {
     "TransformerEncoderBlock": dict(
         init_kwargs={"num_heads": 2, "model_dim": 8, "mlp_dim": 16, "dropout": 0.1},
         input_shape=Q, expected_output_shape=Q),
+    "ZerosLike": dict(init_kwargs={}, input_shape=(2, 6), input_dtype="int32",
+                      expected_output_shape=(2, 6), expected_output_dtype="int32",
+                      run_mixed_precision_check=False),
 }
 
 
@@ -91,8 +99,9 @@ def test_keras_layer_harness(name):
     _Harness().run_layer_test(kdl_layers()[name], **CASES[name], run_training_check=False)
 
 
-TRAINABLE = sorted(set(CASES) - {"ActivationQuantizer", "NormalizedAdjacency", "PaddingMask",
-                                 "SinusoidalPositionEncoding", "TimestepEmbedding"})
+TRAINABLE = sorted(set(CASES) - {"ActivationQuantizer", "FirstToken", "MaskedMeanPooling",
+                                 "NormalizedAdjacency", "PaddingMask",
+                                 "SinusoidalPositionEncoding", "TimestepEmbedding", "ZerosLike"})
 
 
 @pytest.mark.parametrize("name", TRAINABLE)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kdl.config import ConfigError
-from pipelines.config import load_config
 from kdl.data.text import reviews
+from pipelines.config import load_config
 
 
 def _write_csv(path, n=400, seed=0):

@@ -355,21 +355,31 @@ class Tracker:
 class _EpochMetrics(keras.callbacks.Callback):
     """Logs each epoch's Keras logs (and the learning rate) as `<prefix><name>`.
 
-    The rate is read by the tracker's sending thread, a few milliseconds after
-    the epoch's end: evaluating a schedule is a handful of eager ops (tens of
-    milliseconds on a loaded CPU with TensorFlow) that the loop need not wait for.
+    A schedule's rate is evaluated by the tracker's sending thread, a few
+    milliseconds after the epoch's end: a schedule is a handful of eager ops (tens
+    of milliseconds on a loaded CPU with TensorFlow) that the loop need not wait
+    for. The thread gets the schedule and the step, never the model: on JAX,
+    touching the model from another thread mid-epoch re-attaches training state
+    that the loop has already donated to its next step ("Buffer has been deleted
+    or donated").
     """
 
     def __init__(self, tracker: Tracker, prefix: str):
         super().__init__()
         self.tracker, self.prefix = tracker, prefix
 
-    def _learning_rate(self) -> float:
-        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+    def _learning_rate(self):
+        """The rate now (a constant) or a callable of the schedule at this step."""
+        optimizer = self.model.optimizer  # the loop's thread: state attached at epoch end
+        schedule = getattr(optimizer, "_learning_rate", None)  # private, Keras 3.15
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+            return lambda: float(keras.ops.convert_to_numpy(schedule(step)))
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.tracker.enabled:
             return
         metrics = {f"{self.prefix}{k}": v for k, v in (logs or {}).items()}
-        metrics[f"{self.prefix}learning_rate"] = self._learning_rate
+        metrics[f"{self.prefix}learning_rate"] = self._learning_rate()
         self.tracker.log_metrics(metrics, step=epoch + 1)

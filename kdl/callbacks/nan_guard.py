@@ -80,15 +80,30 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
             if first or (self._epoch, batch) < (self._bad["epoch"], self._bad["step"]):
                 self._bad = {**(self._bad or {}), "epoch": self._epoch, "step": batch,
                              "loss": loss}
-        if first:  # the weights and rate once, when the loss first went bad
-            self.model.stop_training = True
-            bad_layers = [
-                layer.name for layer in self.model.layers
-                if any(not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))
-                       for w in layer.weights)
-            ]
-            with self._lock:
-                self._bad.update(layers=bad_layers, lr=_current_lr(self.model.optimizer))
+        if first:
+            # `_model`, not `model`: on JAX the property re-attaches training state from
+            # this worker thread while the loop has already donated it to its next step.
+            self._model.stop_training = True
+
+    def _describe_weights(self):
+        """The layers with non-finite weights and the rate, once, on the loop's thread."""
+        with self._lock:
+            if self._bad is None or "layers" in self._bad:
+                return
+        bad_layers = [
+            layer.name for layer in self.model.layers
+            if any(not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))
+                   for w in layer.weights)
+        ]
+        with self._lock:
+            self._bad.update(layers=bad_layers, lr=_current_lr(self.model.optimizer))
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Keras has waited for every batch hook of this epoch and attached the state.
+        self._describe_weights()
+
+    def on_train_end(self, logs=None):
+        self._describe_weights()
 
     @property
     def diagnosis(self) -> dict | None:

@@ -207,6 +207,8 @@ class Tracker:
         return self._client
 
     def _experiment(self) -> str:
+        from mlflow.exceptions import MlflowException  # mlflow loads lazily (start-up cost)
+
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is not None:
@@ -218,9 +220,17 @@ class Tracker:
                 if self.uri.startswith("sqlite:///"):  # local store: artifacts beside it
                     db = Path(self.uri.removeprefix("sqlite:///"))
                     location = (db.parent / "mlartifacts").as_uri()
-                self._experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=location,
-                    tags=dict([EXPERIMENT_KIND]))
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=location,
+                        tags=dict([EXPERIMENT_KIND]))
+                except MlflowException as e:  # another run created it since we looked
+                    if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    exp = self.client.get_experiment_by_name(self.experiment)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
         return self._experiment_id
 
     # -- runs -------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from kdl.layers.attention import mask_logits
+
 
 @keras.saving.register_keras_serializable(package="kdl")
 class AdditiveAttention(keras.layers.Layer):
@@ -39,7 +41,7 @@ class AdditiveAttention(keras.layers.Layer):
         k = self.key_dense(value)[:, None, :, :]  # (b, 1, tk, u)
         scores = ops.cast(ops.squeeze(self.score_dense(ops.tanh(q + k)), -1), "float32")
         if value_mask is not None:
-            scores = ops.where(value_mask[:, None, :], scores, ops.full_like(scores, -1e9))
+            scores = mask_logits(scores, value_mask[:, None, :])
         weights = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
         return ops.einsum("bqk,bkd->bqd", weights, value), weights
 

@@ -34,6 +34,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import keras  # noqa: E402
 
+from kdl.backend import keras_private  # noqa: E402
 from pipelines.config import PROJECT_ROOT, TrackingConfig  # noqa: E402
 
 MAX_PARAM_LEN = 6000
@@ -381,7 +382,7 @@ class _EpochMetrics(keras.callbacks.Callback):
     def _learning_rate(self):
         """The rate now (a constant) or a callable of the schedule at this step."""
         optimizer = self.model.optimizer  # the loop's thread: state attached at epoch end
-        schedule = getattr(optimizer, "_learning_rate", None)  # private, Keras 3.15
+        schedule = keras_private.learning_rate_schedule(optimizer)
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             step = int(keras.ops.convert_to_numpy(optimizer.iterations))
             return lambda: float(keras.ops.convert_to_numpy(schedule(step)))

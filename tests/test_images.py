@@ -52,6 +52,7 @@ def test_folder_sorted_classes_skips_unusable_files_and_splits_stratified(photos
         assert sorted(np.bincount(split.y, minlength=3).tolist())[0] >= 1
     assert len(s.train) + len(s.val) + len(s.test) == 18
     assert s.input_shape == (16, 16, 3)
+    assert s.train._x is None  # the shape comes from the spec: nothing decoded into memory
     assert s.test.x.shape == (len(s.test), 16, 16, 3)
     again = load_splits("image_folder", path=str(photos), image_size=(16, 16),
                         normalize=False, val_fraction=0.34, test_fraction=0.34, seed=3)

@@ -7,6 +7,7 @@ from kdl.layers.attention import (
     TimestepEmbedding,
     TransformerAttention,
     causal_mask,
+    mask_logits,
     scaled_dot_product_attention,
     sinusoidal_encoding,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "TimestepEmbedding",
     "TransformerEncoderBlock",
     "causal_mask",
+    "mask_logits",
     "scaled_dot_product_attention",
     "sinusoidal_encoding",
 ]

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kdl.layers.attention import _deprecated
+from kdl.layers.attention import _deprecated, mask_logits
 
 
 @keras.saving.register_keras_serializable(package="kdl")
@@ -45,7 +45,7 @@ class BahdanauAttention(keras.layers.Layer):
         k = self.key_dense(value)[:, None, :, :]  # (b, 1, tk, u)
         scores = ops.cast(ops.squeeze(self.score_dense(ops.tanh(q + k)), -1), "float32")
         if value_mask is not None:
-            scores = ops.where(value_mask[:, None, :], scores, ops.full_like(scores, -1e9))
+            scores = mask_logits(scores, value_mask[:, None, :])
         weights = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
         return ops.einsum("bqk,bkd->bqd", weights, value), weights
 

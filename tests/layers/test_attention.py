@@ -9,6 +9,7 @@ from kdl.layers import (
     TransformerAttention,
     TransformerDecoderBlock,
     causal_mask,
+    mask_logits,
     scaled_dot_product_attention,
     sinusoidal_encoding,
 )
@@ -46,7 +47,24 @@ def test_scaled_dot_product_matches_naive_with_and_without_mask():
     out, w = scaled_dot_product_attention(q, k, v, mask)
     np.testing.assert_allclose(to_np(out), naive_attention(q, k, v, mask), rtol=1e-5,
                                atol=1e-5)
-    assert np.all(to_np(w)[..., ~mask[0, 0]] == 0)
+    assert np.all(to_np(w)[..., ~mask[0, 0]] < 1e-12)  # exp(-30) of an allowed key's
+
+
+def test_mask_logits_stays_within_the_scores_range():
+    """Masked keys sit `margin` below the row's smallest logit (not at -1e9: full-int8
+    TFLite gives the select one scale, and -1e9 rounded every real score to one value);
+    a fully masked row stays uniform."""
+    rng = np.random.default_rng(1)
+    scores = rng.normal(scale=5.0, size=(2, 3, 4)).astype("float32")
+    mask = np.array([[True, True, False, False]] * 3 + [[False] * 4] * 3).reshape(2, 3, 4)
+    out = to_np(mask_logits(scores, mask, margin=30.0))
+    np.testing.assert_array_equal(out[mask], scores[mask])
+    assert np.all(np.isfinite(out))
+    lo = scores.min(-1, keepdims=True) - 30.0
+    np.testing.assert_allclose(np.where(mask, lo, out), np.broadcast_to(lo, out.shape), atol=1e-4)
+    assert out.min() >= scores.min() - 30.0 - 1e-4
+    w = to_np(keras.ops.softmax(out, axis=-1))
+    np.testing.assert_allclose(w[1], 0.25, rtol=1e-6)  # fully masked: uniform, as with -1e9
 
 
 def test_scale_is_head_width_not_model_width():

@@ -60,7 +60,7 @@ def run(ctx: Context) -> dict:
     log_dataset(ctx, splits)
 
     dist = ctx.state.get("distribution") or Distributed()
-    if "data_arg" in MODELS.get(cfg.model.name).meta:  # trained by its own losses (zoo)
+    if MODELS.get(cfg.model.name).spec.custom_training:  # trained by its own losses (zoo)
         return run_custom(ctx, splits)
     transfer = cfg.train.transfer
     with dist.scope():  # variables made, and fit run, on the configured devices
@@ -106,7 +106,7 @@ def run(ctx: Context) -> dict:
         raise StageFailed(f"training diverged: {result.diagnosis['message']}")
 
     test = training.evaluate(model, splits.test, splits.task)
-    decode = MODELS.get(cfg.model.name).meta.get("decode")
+    decode = MODELS.get(cfg.model.name).spec.decode
     if decode is not None and "start_id" in splits.info:  # autoregressive, no teacher forcing
         test.update(training.evaluate_decoding(model, splits.test, decode,
                                                splits.info["start_id"]))
@@ -159,7 +159,7 @@ def run_custom(ctx: Context, splits: DataSplits) -> dict:
     dist = ctx.state.get("distribution") or Distributed()
     with dist.scope():
         model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
-                             **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+                             **{entry.spec.data_arg: splits.input_shape, **cfg.model.params})
         probing = hasattr(model, "probe_features") and splits.task == "classification"
         if probing:  # the same encoder before training: the random-encoder baseline
             untrained = probe_accuracy(model, splits)

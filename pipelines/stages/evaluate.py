@@ -328,7 +328,7 @@ def run(ctx: Context) -> dict:
     out_dir.mkdir(exist_ok=True)
     rep = Report(out_dir)
     rep.lines += [f"# Evaluation: {cfg.name} / {run_dir.name}", ""]
-    if "data_arg" in MODELS.get(cfg.model.name).meta or is_multi_input(splits.test.x):
+    if MODELS.get(cfg.model.name).spec.custom_training or is_multi_input(splits.test.x):
         rep.note(f"model {cfg.model.name!r} is trained by its own losses or takes several "
                  "inputs: per-class metrics, calibration, explanations and attacks need one "
                  "input and class scores; nothing to evaluate")

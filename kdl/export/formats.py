@@ -130,7 +130,9 @@ def recurrent_layers(model) -> list[str]:
     """Names of the recurrent layers (SimpleRNN, LSTM, GRU, any `keras.layers.RNN`) in `model`."""
     import keras
 
-    return [la.name for la in model._flatten_layers(include_self=False)
+    from kdl.backend import keras_private
+
+    return [la.name for la in keras_private.flatten_layers(model, include_self=False)
             if isinstance(la, keras.layers.RNN)]
 
 
@@ -439,7 +441,9 @@ def _export_onnx(model, path: Path, *, opset_version: int | None = None, **_):
     missing = [m for m in ("onnx", "tf2onnx") if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportError(f"the onnx format needs {', '.join(missing)}: {ONNX_PACKAGES}")
-    if not getattr(model, "_called", True):  # Keras refuses a model that has never run
+    from kdl.backend import keras_private
+
+    if not keras_private.has_been_called(model):  # Keras refuses a model that never ran
         import keras
 
         model(keras.ops.zeros((1, *model.inputs[0].shape[1:]), model.inputs[0].dtype))

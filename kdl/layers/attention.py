@@ -7,7 +7,6 @@ import math
 import keras
 from keras import ops
 
-
 MASK_MARGIN = 30.0
 
 
@@ -158,8 +157,11 @@ class MaskedMeanPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kdl")
-class MultiHeadAttention(keras.layers.Layer):
-    """Multi-head attention with query/key/value/output projections.
+class TransformerAttention(keras.layers.Layer):
+    """Multi-head attention with query/key/value/output projections (the Transformer's).
+
+    Called `MultiHeadAttention` until kdl renamed it: it is not Keras's
+    `keras.layers.MultiHeadAttention` (this one takes `model_dim`, not `key_dim`).
 
     Args:
         num_heads: number of heads.
@@ -181,7 +183,7 @@ class MultiHeadAttention(keras.layers.Layer):
     Example:
 
     ```python
-    mha = MultiHeadAttention(num_heads=8, model_dim=512)
+    mha = TransformerAttention(num_heads=8, model_dim=512)
     y = mha(x, x, attention_mask=causal_mask(10)[None, None])
     ```
     """
@@ -268,3 +270,25 @@ class TimestepEmbedding(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "base": self.base}
+
+
+def _deprecated(module: str, old: str, new: type):
+    """`old`, the class's name until it was renamed `new` (it shadowed `keras.layers.<old>`,
+    whose signature differs): `.keras` files saved under `kdl>old` still load (the old
+    registered name maps to `new`), and importing `old` still works, with a warning."""
+    keras.saving.get_custom_objects()[f"kdl>{old}"] = new
+
+    def __getattr__(name):
+        if name == old:
+            import warnings
+
+            warnings.warn(f"{module}.{old} is renamed {new.__name__} (the old name shadowed "
+                          f"keras.layers.{old}, whose arguments differ)", DeprecationWarning,
+                          stacklevel=2)
+            return new
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = _deprecated(__name__, "MultiHeadAttention", TransformerAttention)

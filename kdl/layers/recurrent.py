@@ -3,12 +3,16 @@
 import keras
 from keras import ops
 
-from kdl.layers.attention import mask_logits
+from kdl.layers.attention import _deprecated, mask_logits
 
 
 @keras.saving.register_keras_serializable(package="kdl")
-class AdditiveAttention(keras.layers.Layer):
+class BahdanauAttention(keras.layers.Layer):
     """Bahdanau's additive attention: `score(s, h) = v^T tanh(W_q s + W_k h)`.
+
+    Called `AdditiveAttention` until kdl renamed it: it is not Keras's
+    `keras.layers.AdditiveAttention` (this one has its own projections and returns the
+    weights too).
 
     Args:
         units: width of the scoring MLP.
@@ -51,3 +55,6 @@ class AdditiveAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+__getattr__ = _deprecated(__name__, "AdditiveAttention", BahdanauAttention)

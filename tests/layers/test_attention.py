@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kdl.layers import (
-    MultiHeadAttention,
     SinusoidalPositionEncoding,
+    TransformerAttention,
     TransformerDecoderBlock,
     causal_mask,
     mask_logits,
@@ -81,7 +81,7 @@ def test_multi_head_attention_layer_matches_numpy_projections():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 5, 8)).astype("float32")
     ctx = rng.normal(size=(2, 3, 8)).astype("float32")
-    mha = MultiHeadAttention(num_heads=2, model_dim=8)
+    mha = TransformerAttention(num_heads=2, model_dim=8)
     y = to_np(mha(x, ctx))
 
     def proj(layer, a):
@@ -98,7 +98,7 @@ def test_multi_head_attention_layer_matches_numpy_projections():
 
 def test_mha_rejects_indivisible_width():
     with pytest.raises(ValueError, match="divisible"):
-        MultiHeadAttention(num_heads=3, model_dim=8)
+        TransformerAttention(num_heads=3, model_dim=8)
 
 
 def test_sinusoidal_encoding_matches_the_formula():
@@ -127,3 +127,47 @@ def test_causal_mask_and_decoder_causality():
     y2 = to_np(block(x2, ctx))
     np.testing.assert_allclose(y1[:, :4], y2[:, :4], rtol=1e-5, atol=1e-5)
     assert not np.allclose(y1[:, 4:], y2[:, 4:])
+
+
+def test_old_layer_names_still_load_and_import(tmp_path):
+    """`MultiHeadAttention`/`AdditiveAttention` were renamed (they shadowed Keras's layers of
+    those names): a .keras file written under the old registered names still loads, with
+    the same outputs, and the old import names still work, with a DeprecationWarning."""
+    import json
+    import zipfile
+
+    import kdl.layers
+    from kdl.layers import BahdanauAttention
+
+    keras.utils.set_random_seed(0)
+    q, v = keras.Input((4, 8)), keras.Input((3, 8))
+    context, _ = BahdanauAttention(6, name="additive")(q, v)
+    out = TransformerAttention(num_heads=2, model_dim=8, name="mha")(context, v)
+    model = keras.Model([q, v], out)
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(2, 4, 8)).astype("float32"), rng.normal(size=(2, 3, 8)).astype("float32")]
+    model.save(tmp_path / "new.keras")
+    with zipfile.ZipFile(tmp_path / "new.keras") as src, \
+            zipfile.ZipFile(tmp_path / "old.keras", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                text = data.decode()
+                assert '"kdl>TransformerAttention"' in text and '"kdl>BahdanauAttention"' in text
+                text = (text.replace("TransformerAttention", "MultiHeadAttention")
+                        .replace("BahdanauAttention", "AdditiveAttention"))
+                json.loads(text)
+                data = text.encode()
+            dst.writestr(item, data)
+    old = keras.saving.load_model(tmp_path / "old.keras")
+    kinds = {la.name: type(la) for la in old.layers}
+    assert kinds["mha"] is TransformerAttention and kinds["additive"] is BahdanauAttention
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(old(x)),
+                               keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+    with pytest.warns(DeprecationWarning, match="renamed TransformerAttention"):
+        assert kdl.layers.MultiHeadAttention is TransformerAttention
+    with pytest.warns(DeprecationWarning, match="renamed BahdanauAttention"):
+        from kdl.layers.recurrent import AdditiveAttention
+    assert AdditiveAttention is BahdanauAttention
+    with pytest.raises(AttributeError):
+        kdl.layers.NoSuchLayer  # noqa: B018

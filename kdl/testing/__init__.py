@@ -70,7 +70,10 @@ class Case:
     def supervised(self) -> bool:
         return self.task in SUPERVISED
 
-    def build(self) -> keras.Model:
+    def build(self, seed: int = 0) -> keras.Model:
+        """The tiny model, its weights drawn from `seed` (a case is the same model
+        whatever ran before it)."""
+        keras.utils.set_random_seed(seed)
         return MODELS.build(self.name, *self.build_args, preset="tiny", **self.build_kwargs)
 
     def compile(self, model: keras.Model, learning_rate: float = 1e-2) -> None:

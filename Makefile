@@ -22,7 +22,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[jax,torch,dev]"
+	$(PY) -m pip install -q -e ".[all,jax,torch,dev]"
 	@# tfmot 0.8.1 pins absl-py~=1.2 (TensorFlow 2.21 has 2.x); it runs fine on 2.x, so no deps
 	$(PY) -m pip install -q --no-deps tensorflow-model-optimization==0.8.1 dm-tree==0.1.10
 	@touch $(STAMP)

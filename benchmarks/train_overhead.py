@@ -45,7 +45,7 @@ import keras
 import numpy as np
 
 from kdl import training
-from kdl.backend import torch_threads
+from kdl.backend import keras_private, torch_threads
 from kdl.data import make_tf_dataset
 from kdl.models import build_model
 from pipelines.config import load_config
@@ -221,7 +221,7 @@ def main() -> None:
     def kdl_loop(before, after):
         training.fit(models["kdl"], splits, timed, batch, callbacks=[*before, log_cb, *after])
 
-    schedule = models["kdl"].optimizer._learning_rate
+    schedule = keras_private.learning_rate_schedule(models["kdl"].optimizer)
     from kdl.schedules import schedule_values
 
     rates = schedule_values(schedule, cfg.train.epochs * steps) if callable(schedule) else None

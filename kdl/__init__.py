@@ -14,11 +14,11 @@ What a library user imports (the pipeline, `python -m pipelines`, is built on th
 - registries: `MODELS`, `DATASETS`, `SCHEDULES`, `CALLBACKS` (build by name);
 - `build_model`, `load_splits`, the config sections `DataConfig`, `ModelConfig`,
   `TrainConfig` and `ConfigError`;
-- training: `prepare`, `compile_for`, `fit`, `evaluate`, `predict`;
+- training: `prepare`, `compile_for`, `fit`, `evaluate_split` (the task metrics of a
+  split, `kdl.training.evaluate`), `predict`;
 - subpackages: `kdl.layers`, `kdl.losses`, `kdl.schedules`, `kdl.callbacks`,
   `kdl.optimizers`, `kdl.compress`, `kdl.data`, `kdl.models`, `kdl.export`,
-  `kdl.evaluate` (metrics, calibration, explanations, robustness, fairness; calling it
-  is `kdl.training.evaluate`).
+  `kdl.evaluate` (metrics, calibration, explanations, robustness, fairness).
 """
 
 __version__ = "0.1.0"
@@ -28,7 +28,7 @@ from kdl import (  # noqa: E402
     callbacks,
     compress,
     data,
-    evaluate,  # the package (kdl.evaluate.*); calling it is kdl.training.evaluate
+    evaluate,  # the package (kdl.evaluate.*); a split's metrics: evaluate_split
     layers,
     losses,
     models,
@@ -43,6 +43,7 @@ from kdl.data import load_splits  # noqa: E402
 from kdl.models import build_model  # noqa: E402
 from kdl.registry import CALLBACKS, DATASETS, MODELS, SCHEDULES  # noqa: E402
 from kdl.training import compile_for, fit, predict, prepare  # noqa: E402
+from kdl.training import evaluate as evaluate_split  # noqa: E402
 
 __all__ = [
     "CALLBACKS",
@@ -60,6 +61,7 @@ __all__ = [
     "compress",
     "data",
     "evaluate",
+    "evaluate_split",
     "fit",
     "layers",
     "load_splits",

@@ -418,7 +418,7 @@ def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig,
 
 def dataset_inputs(data: DataConfig) -> int:
     """How many input arrays the configured dataset feeds (token ids, ...: more than one)."""
-    return DATASETS.get(data.name).meta.get("inputs", 1)
+    return DATASETS.get(data.name).spec.inputs
 
 
 def _check_dataset(data: DataConfig, train: TrainConfig) -> None:
@@ -458,7 +458,7 @@ def _check_distribution(train: TrainConfig, batch_size: int) -> None:
 
 def takes_raw_pixels(model: ModelConfig) -> bool:
     """The model rescales raw [0, 255] pixels itself (mobile backbones)."""
-    return bool(MODELS.get(model.name).meta.get("raw_pixels"))
+    return MODELS.get(model.name).spec.raw_pixels
 
 
 def _check_images(data: DataConfig, model: ModelConfig, train: TrainConfig) -> None:
@@ -470,7 +470,7 @@ def _check_images(data: DataConfig, model: ModelConfig, train: TrainConfig) -> N
         check_augment(d.augment)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    files = DATASETS.get(d.name).meta.get("files", False)
+    files = DATASETS.get(d.name).spec.files
     if d.cache and not files:
         raise ConfigError(f"data.cache caches decoded image files; dataset {d.name!r} is "
                           "in memory already: drop data.cache")
@@ -505,7 +505,7 @@ def _check_text(data: DataConfig, model: ModelConfig, tokenizer: TokenizerConfig
     file read now (bad rows reported, a one-line error before any work)."""
     d, t = data, tokenizer
     entry = DATASETS.get(d.name)
-    if entry.meta.get("input") != "text":
+    if entry.spec.input != "text":
         if d.text is not None:
             raise ConfigError(f"data.text names a text column; dataset {d.name!r} is not a "
                               "text dataset (text_csv, text_folder, imdb, reuters, reviews)")
@@ -528,7 +528,7 @@ def _check_text(data: DataConfig, model: ModelConfig, tokenizer: TokenizerConfig
     if "checkpoint" in model.params and not t.preset:
         raise ConfigError("model.params.checkpoint fine-tunes a pretrained backbone: load its "
                           "vocabulary too with tokenizer.preset=<the same directory>")
-    if entry.meta.get("check"):  # the user's file, read now: bad rows fail before any work
+    if entry.spec.check:  # the user's file, read now: bad rows fail before any work
         options = {k: v for k, v in {"path": d.path, "text": d.text,
                                      "target": d.target}.items() if v is not None}
         accepted = inspect.signature(entry.obj).parameters
@@ -540,7 +540,7 @@ def _check_text(data: DataConfig, model: ModelConfig, tokenizer: TokenizerConfig
 
 def tokenizer_options(data: DataConfig, tokenizer: TokenizerConfig) -> dict[str, Any] | None:
     """`load_splits(tokenizer=...)` of a text dataset; None for other data."""
-    if DATASETS.get(data.name).meta.get("input") != "text":
+    if DATASETS.get(data.name).spec.input != "text":
         return None
     return dataclasses.asdict(tokenizer)
 
@@ -551,7 +551,7 @@ def dataset_columns(data: DataConfig) -> list[str]:
     if data.name == "csv":
         with Path(data.path).expanduser().open(newline="") as fh:
             return [c for c in next(csv.reader(fh), []) if c != data.target]
-    return list(DATASETS.get(data.name).meta.get("columns", ()))
+    return list(DATASETS.get(data.name).spec.columns)
 
 
 def check_column(data: DataConfig, column: str, key: str) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import keras
 
+from kdl.backend import keras_private
+
 
 @keras.saving.register_keras_serializable(package="kdl")
 class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -256,8 +258,10 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
 
     def finalize_variable_values(self, var_list):
         for opt in self._inner:
-            known = {opt._var_key(v) for v in opt._trainable_variables}
-            opt.finalize_variable_values([v for v in var_list if opt._var_key(v) in known])
+            known = {keras_private.variable_key(opt, v)
+                     for v in keras_private.optimizer_trainable_variables(opt)}
+            opt.finalize_variable_values([v for v in var_list
+                                          if keras_private.variable_key(opt, v) in known])
 
     def get_config(self):
         return {"name": self.name,

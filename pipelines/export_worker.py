@@ -10,7 +10,6 @@ thresholds, 2 if the export itself failed (message in the report's `error`).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import sys
@@ -21,15 +20,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 
-from kdl.io import atomic_write_json  # noqa: E402
-
-
-def _size(path: Path) -> tuple[int, int]:
-    """Raw and gzipped bytes of a file, or of every file under a directory."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    raw = sum(p.stat().st_size for p in files)
-    zipped = sum(len(gzip.compress(p.read_bytes(), compresslevel=9)) for p in files)
-    return raw, zipped
+from kdl.io import atomic_write_json, file_sizes  # noqa: E402
 
 
 def export_and_verify(request: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +51,7 @@ def export_and_verify(request: dict[str, Any]) -> dict[str, Any]:
             thresholds = {**FORMATS[fmt].thresholds, **request.get("thresholds", {}).get(fmt, {})}
             outputs = load_runner(fmt, path)(x)
             result = compare(reference, outputs, y, request["task"], thresholds)
-            raw, zipped = _size(path)
+            raw, zipped = file_sizes(path)
             result.update(file=path.name, size_bytes=raw, gzip_bytes=zipped,
                           thresholds=thresholds)
             report["formats"][fmt] = result

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 
 from kdl import training
+from kdl.backend import keras_private
 from kdl.callbacks import GradientStats
 from kdl.callbacks.checkpoint import latest_checkpoint
 from kdl.io import atomic_write_json
@@ -57,7 +58,7 @@ def train_callbacks(ctx, splits) -> list[keras.callbacks.Callback]:
 
 def log_schedule_plot(ctx, model: keras.Model, total_steps: int) -> None:
     """Plot the optimizer's schedule over the run into `lr_schedule.png` and log it."""
-    lr = model.optimizer._learning_rate
+    lr = keras_private.learning_rate_schedule(model.optimizer)
     if not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         return
     path = plot_schedule(lr, max(total_steps, 1), str(ctx.run_dir / "lr_schedule.png"),

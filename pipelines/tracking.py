@@ -34,6 +34,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import keras  # noqa: E402
 
+from kdl.backend import keras_private  # noqa: E402
 from pipelines.config import PROJECT_ROOT, TrackingConfig  # noqa: E402
 
 MAX_PARAM_LEN = 6000
@@ -318,6 +319,43 @@ class Tracker:
             if run_id:
                 self._safe("set tag", self.client.set_tag, run_id, k, str(v))
 
+    def log_dataset(self, features: Any, targets: Any, *, name: str, digest: str,
+                    source: str | None, context: str = "training",
+                    run_id: str | None = None) -> None:
+        """Log a dataset as an MLflow dataset input of the run (`log_input`): its name,
+        `digest` (kdl's data fingerprint, so two runs on the same data show the same
+        dataset), source, schema and row count; the Datasets column of the runs table.
+
+        Args:
+            features: an array, or a dict of named arrays (several inputs).
+            targets: an array, or None.
+            source: the file or directory the data came from; None: a built-in dataset
+                (a code source tagged `kdl.dataset=<name>`).
+            context: the `mlflow.data.context` tag ("training", "evaluation", ...).
+        """
+        run_id = run_id or self.run_id
+        if not run_id or not self.enabled:
+            return
+        import mlflow.data
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        try:  # describing the data is not MLflow talking: a failure skips it, tracking stays on
+            origin = source or CodeDatasetSource({"kdl.dataset": name})
+            with warnings.catch_warnings():  # a local path "can be interpreted in multiple
+                warnings.filterwarnings(      # ways" (two local sources): it is local
+                    "ignore", "The specified dataset source", UserWarning)
+                d = mlflow.data.from_numpy(features, source=origin, targets=targets,
+                                           name=name, digest=digest).to_dict()
+        except Exception as e:  # noqa: BLE001 - an array MLflow cannot describe
+            warnings.warn(f"MLflow dataset input not logged: {type(e).__name__}: {e}",
+                          stacklevel=2)
+            return
+        entry = DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"],
+                                     d.get("schema"), d.get("profile")),
+                             tags=[InputTag("mlflow.data.context", context)])
+        self._safe(f"log dataset {name}", self.client.log_inputs, run_id, datasets=[entry])
+
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         path = Path(path)
         if not self.run_id or not path.exists():
@@ -381,7 +419,7 @@ class _EpochMetrics(keras.callbacks.Callback):
     def _learning_rate(self):
         """The rate now (a constant) or a callable of the schedule at this step."""
         optimizer = self.model.optimizer  # the loop's thread: state attached at epoch end
-        schedule = getattr(optimizer, "_learning_rate", None)  # private, Keras 3.15
+        schedule = keras_private.learning_rate_schedule(optimizer)
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             step = int(keras.ops.convert_to_numpy(optimizer.iterations))
             return lambda: float(keras.ops.convert_to_numpy(schedule(step)))

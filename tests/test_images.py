@@ -52,6 +52,7 @@ def test_folder_sorted_classes_skips_unusable_files_and_splits_stratified(photos
         assert sorted(np.bincount(split.y, minlength=3).tolist())[0] >= 1
     assert len(s.train) + len(s.val) + len(s.test) == 18
     assert s.input_shape == (16, 16, 3)
+    assert s.train._x is None  # the shape comes from the spec: nothing decoded into memory
     assert s.test.x.shape == (len(s.test), 16, 16, 3)
     again = load_splits("image_folder", path=str(photos), image_size=(16, 16),
                         normalize=False, val_fraction=0.34, test_fraction=0.34, seed=3)
@@ -218,7 +219,11 @@ def test_mobile_backbone_prunes_and_refuses_native_qat():
     from kdl.compress.qat import quantize_aware
     from kdl.models import build_model
 
-    model = build_model("mobilenet_v3_small", (32, 32, 3), 3, preset="tiny")
+    model = build_model("mobilenet_v3_small", (32, 32, 3), 3, preset="tiny", bn_momentum=0.9)
+    bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and {la.get_config()["momentum"] for la in bns} == {0.9}
+    with pytest.raises(ValueError, match="bn_momentum must be in"):
+        build_model("mobilenet_v2", (32, 32, 3), 3, preset="tiny", bn_momentum=1.0)
     kinds = {type(la).__name__ for la, _ in prunable_weights(model)}
     assert {"DepthwiseConv2D", "Conv2D", "Dense"} <= kinds
     with pytest.raises(ValueError, match="depthwise/separable.*quantize.qat=false"):

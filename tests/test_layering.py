@@ -62,3 +62,71 @@ def test_stages_import_the_shared_module_not_each_other():
         others = [n for n in _imports(path) if n.startswith("pipelines.stages.")
                   and not n.startswith("pipelines.stages.common")]
         assert not others, f"{path.name} imports another stage: {others}"
+
+
+# ----------------------------------------------------------------------------- private Keras
+
+QUARANTINE = ROOT / "kdl" / "backend" / "keras_private.py"
+SCANNED = ("kdl", "pipelines", "benchmarks")
+
+
+def _keras_private_names() -> set[str]:
+    """Every `_name` (not dunder) a Keras model, layer, optimizer, variable or symbolic
+    tensor has, read off live objects, so instance attributes (`_inbound_nodes`,
+    `_learning_rate`, ...) are in, and a new Keras private name is in without a list."""
+    import keras
+
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(2)(inp))
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.optimizer.build(model.trainable_variables)
+    objs = [inp, model, model.layers[1], model.optimizer, model.weights[0]]
+    return {n for o in objs for n in dir(o) if n.startswith("_") and not n.startswith("__")}
+
+
+def _private_keras_uses(path: Path, names: set[str]) -> list[str]:
+    """`x._name` (x not self/cls/super()), `getattr(x, "_name")` and `keras.src` imports."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = [f"import {n}" for n in _imports(path, "kdl")
+             if n == "keras.src" or n.startswith("keras.src.")]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            v = node.value
+            if isinstance(v, ast.Name) and v.id in ("self", "cls"):
+                continue
+            if isinstance(v, ast.Call) and getattr(v.func, "id", None) == "super":
+                continue
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+                "getattr", "hasattr", "setattr", "delattr") and len(node.args) > 1
+              and isinstance(node.args[1], ast.Constant) and node.args[1].value in names):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.once
+def test_the_private_keras_scan_sees_each_kind_of_use(tmp_path):
+    names = _keras_private_names()
+    assert {"_inbound_nodes", "_keras_history", "_learning_rate", "_flatten_layers",
+            "_trainable_variables", "_var_key", "_clip_gradients"} <= names
+    for text in ("def f(m):\n    return m.optimizer._learning_rate\n",
+                 "x = getattr(layer, '_inbound_nodes', [])\n",
+                 "def f():\n    from keras.src.models.functional import Functional\n",
+                 "import keras.src.testing\n"):
+        probe = tmp_path / "probe.py"
+        probe.write_text(text)
+        assert _private_keras_uses(probe, names), text
+    probe.write_text("class A:\n    def f(self):\n        return self._learning_rate\n")
+    assert not _private_keras_uses(probe, names)
+
+
+@pytest.mark.once
+def test_private_keras_api_is_touched_only_in_keras_private():
+    names = _keras_private_names()
+    offenders = {}
+    for d in SCANNED:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            if path != QUARANTINE and (uses := _private_keras_uses(path, names)):
+                offenders[str(path.relative_to(ROOT))] = uses
+    assert not offenders, ("private Keras API outside kdl/backend/keras_private.py (add a "
+                           f"function there, with the Keras version and a test): {offenders}")

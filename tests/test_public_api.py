@@ -76,3 +76,26 @@ def test_the_public_api_is_importable_from_kdl():
         assert getattr(kdl, name) is not None, name
     assert "cnn" in kdl.MODELS and "warmup_cosine" in kdl.SCHEDULES
     assert kdl.build_model is kdl.models.build_model
+
+
+@pytest.mark.once
+def test_evaluate_split_and_the_deprecated_call_of_the_package_agree():
+    """`kdl.evaluate` is the package; a split's metrics are `kdl.evaluate_split`. Calling the
+    package (the README's old snippet) still gives the same figures, with a warning."""
+    import types
+
+    import numpy as np
+
+    import kdl
+
+    assert isinstance(kdl.evaluate, types.ModuleType) and kdl.evaluate.fgsm
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    rng = np.random.default_rng(0)
+    split = types.SimpleNamespace(x=rng.normal(size=(8, 3)).astype("float32"),
+                                  y=rng.integers(0, 2, 8))
+    new = kdl.evaluate_split(model, split, "classification")
+    assert kdl.evaluate_split is kdl.training.evaluate and "accuracy" in new
+    with pytest.warns(DeprecationWarning, match="evaluate_split"):
+        old = kdl.evaluate(model, split, "classification")
+    assert old == new

@@ -37,3 +37,21 @@ def test_unknown_preset_and_double_registration():
         reg.build("a", preset="tinny")
     with pytest.raises(ValueError, match="registered twice"):
         reg.register("a")(lambda: 2)
+
+
+@pytest.mark.once
+def test_typed_specs_refuse_a_misspelt_field_and_type_every_entry():
+    import kdl  # noqa: F401  (registers every model and dataset)
+    from kdl.registry import DATASETS, MODELS, DatasetSpec, ModelSpec
+
+    reg = Registry("model", ModelSpec)
+    reg.register("a", tasks=("classification",), data_arg="input_shape")(lambda: 1)
+    assert reg.get("a").spec.custom_training and reg.get("a").spec.tasks == ("classification",)
+    assert reg.get("a").meta == {"tasks": ("classification",), "data_arg": "input_shape"}
+    with pytest.raises(TypeError, match=r"model 'b': unknown field\(s\) 'task' \(fields of "
+                                        r"ModelSpec: presets, tasks"):
+        reg.register("b", task="classification")(lambda: 2)
+    assert "b" not in reg
+    assert all(isinstance(e.spec, ModelSpec) and e.spec.presets == e.presets for e in MODELS)
+    assert all(isinstance(e.spec, DatasetSpec) for e in DATASETS)
+    assert MODELS.get("gan").spec.custom_training and not MODELS.get("cnn").spec.custom_training

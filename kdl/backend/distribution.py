@@ -29,6 +29,8 @@ from typing import Any
 
 import keras
 
+from kdl.backend import keras_private
+
 SUPPORTED = {"jax": ("data_parallel", "model_parallel"), "tensorflow": ("data_parallel",)}
 _SIMULATED = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
 
@@ -224,14 +226,14 @@ def keep_epoch_order(model: keras.Model, batch) -> None:
     Keras API, checked on Keras 3.15; the equivalence test in
     tests/backend/test_distribution.py fails if it changes.
     """
-    if keras.backend.backend() != "tensorflow" or not hasattr(model, "_maybe_symbolic_build"):
+    if keras.backend.backend() != "tensorflow" or keras_private.symbolic_build(model) is None:
         return
-    build = model._maybe_symbolic_build
+    build = keras_private.symbolic_build(model)
 
     def build_from_batch(iterator=None, data_batch=None):
         return build(data_batch=batch if data_batch is None else data_batch)
 
-    model._maybe_symbolic_build = build_from_batch
+    keras_private.set_symbolic_build(model, build_from_batch)
 
 
 def clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
@@ -252,7 +254,7 @@ def clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
         return
     import tensorflow as tf
 
-    clip = optimizer._clip_gradients
+    clip = keras_private.clip_gradients(optimizer)
 
     def clip_global(grads):
         ctx = tf.distribute.get_replica_context()
@@ -266,7 +268,7 @@ def clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
             out[i] = g / ctx.num_replicas_in_sync
         return out
 
-    optimizer._clip_gradients = clip_global
+    keras_private.set_clip_gradients(optimizer, clip_global)
 
 
 def active() -> Distributed | None:
@@ -320,7 +322,8 @@ def _mean_logs_across_workers() -> None:
     the two-process test in tests/pipelines/test_launch.py fails if it changes.
     """
     import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer
+
+    trainer = keras_private.tensorflow_trainer_module()
 
     original = trainer.reduce_per_replica
     if getattr(original, "kdl_patched", False):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from kdl.backend import keras_private
+
 
 @keras.saving.register_keras_serializable(package="kdl")
 class OptimizerGroup(keras.optimizers.Optimizer):
@@ -83,7 +85,7 @@ class OptimizerGroup(keras.optimizers.Optimizer):
 
     def finalize_variable_values(self, var_list):
         for opt in self._optimizers:
-            opt.finalize_variable_values(opt._trainable_variables)
+            opt.finalize_variable_values(keras_private.optimizer_trainable_variables(opt))
 
     def save_own_variables(self, store):
         for i, v in enumerate(self.variables):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import keras
 
+from kdl.backend import keras_private
 from kdl.registry import CALLBACKS
 
 
@@ -74,7 +75,7 @@ class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     """
 
     def on_train_begin(self, logs=None):
-        lr = getattr(self.model.optimizer, "_learning_rate", None)
+        lr = keras_private.learning_rate_schedule(self.model.optimizer)
         if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 f"reduce_lr_on_plateau needs a constant learning rate, but the optimizer "

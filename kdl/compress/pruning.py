@@ -29,6 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kdl.backend import keras_private
 from kdl.compress.schedules import PruningSchedule
 
 PRUNABLE_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
@@ -38,8 +39,8 @@ SPARSITY_TOLERANCE = 0.01  # the pruned weights may miss the target by at most t
 
 def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
     layers = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not list(layer._flatten_layers(include_self=False, recursive=False)):
+    for layer in keras_private.flatten_layers(model, include_self=False, recursive=True):
+        if not list(keras_private.flatten_layers(layer, include_self=False, recursive=False)):
             layers.append(layer)
     return layers
 
@@ -316,7 +317,7 @@ def recalibrate_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
     with no weight update, and sets each moving mean/variance to the average
     of the per-batch statistics. Returns the number of layers recalibrated.
     """
-    bns = [la for la in model._flatten_layers()
+    bns = [la for la in keras_private.flatten_layers(model)
            if isinstance(la, keras.layers.BatchNormalization)]
     if not bns:
         return 0

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import keras
 
+from kdl.backend import keras_private
+
 KERAS_QUANTIZABLE = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
 MODES = ("int8", "int4")
 
 
 def keras_quantizable_layers(model: keras.Model) -> list[str]:
     """Names of the layers `model.quantize` would quantize."""
-    return [la.name for la in model._flatten_layers(include_self=False)
+    return [la.name for la in keras_private.flatten_layers(model, include_self=False)
             if isinstance(la, KERAS_QUANTIZABLE)]
 
 
@@ -32,7 +34,8 @@ def keras_quantize(model: keras.Model, mode: str = "int8") -> list[str]:
         raise ValueError(f"Keras quantization mode must be one of {MODES}, got {mode!r}")
     layers = keras_quantizable_layers(model)
     if not layers:
-        kinds = sorted({type(la).__name__ for la in model._flatten_layers(include_self=False)})
+        kinds = sorted({type(la).__name__
+                        for la in keras_private.flatten_layers(model, include_self=False)})
         raise ValueError(
             f"model {model.name!r} has no Dense, EinsumDense or Embedding layer, so Keras "
             f"model.quantize({mode!r}) does not apply (Keras does not quantize "

@@ -37,6 +37,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kdl.backend import keras_private
+
 # Layers whose int8 output reuses the input's scale in TFLite (no quantizer after them).
 SAME_SCALE = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
               keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
@@ -300,9 +302,9 @@ def _activation_name(layer) -> str | None:
 def _consumers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
     out: dict[str, list] = {la.name: [] for la in model.layers}
     for layer in model.layers:
-        for node in layer._inbound_nodes:
+        for node in keras_private.inbound_nodes(layer):
             for t in node.input_tensors:
-                src = t._keras_history.operation
+                src = keras_private.source_operation(t)
                 if src.name in out and layer not in out[src.name]:
                     out[src.name].append(layer)
     return out
@@ -311,6 +313,12 @@ def _consumers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
 def _is_softmax(layer) -> bool:
     return isinstance(layer, keras.layers.Softmax) or (
         isinstance(layer, keras.layers.Activation) and _activation_name(layer) == "softmax")
+
+
+def _is_float(tensor) -> bool:
+    """Token ids and masks (int, bool) are not int8 activations: TFLite keeps them as they
+    are, so fake-quantizing them would only corrupt the ids (a float tensor otherwise)."""
+    return not isinstance(tensor, keras.KerasTensor) or "float" in str(tensor.dtype)
 
 
 def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
@@ -333,9 +341,7 @@ def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
     float_model = strip_quantization(qat, model)  # convert this one to int8
     ```
     """
-    from keras.src.models.functional import Functional
-
-    if not isinstance(model, Functional):  # Sequential models are Functional too
+    if not keras_private.is_functional(model):  # Sequential models are Functional too
         raise ValueError(f"quantize_aware needs a Functional or Sequential model; "
                          f"{model.name!r} is a subclassed {type(model).__name__}")
     refused = [la.name for la in model.layers if isinstance(la, NOT_COVERED)]
@@ -388,7 +394,7 @@ def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
         return y
 
     def call(layer, *args, **kwargs):
-        if layer.name in input_consumers and args:
+        if layer.name in input_consumers and args and _is_float(args[0]):
             args = (quantize(args[0], source="inputs", name=f"{layer.name}_input_quant"),
                     *args[1:])
         original = originals.get(layer.name, layer)
@@ -409,7 +415,7 @@ def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
             out = keras.layers.Softmax(name=f"{layer.name}_softmax", dtype=layer.dtype_policy)(out)
             return ActivationQuantizer(momentum, fixed_range=(0.0, 255.0 / 256.0),
                                        source=layer.name, name=f"{layer.name}_quant")(out)
-        if quantize_output(original):
+        if quantize_output(original) and _is_float(out):
             return quantize(out, source=layer.name, name=f"{layer.name}_quant")
         return out
 
@@ -436,7 +442,7 @@ def _batch_norms_to_fold(model, consumers) -> dict[str, keras.layers.Layer]:
         bn = cs[0]
         rank = len(layer.output.shape)
         channel = rank - 1 if layer.data_format == "channels_last" else 1
-        if len(bn._inbound_nodes) == 1 and bn.axis % rank == channel:
+        if len(keras_private.inbound_nodes(bn)) == 1 and bn.axis % rank == channel:
             out[layer.name] = bn
     return out
 

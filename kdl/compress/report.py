@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+
+from kdl.io import file_sizes
+
+__all__ = ["COLUMNS", "count_params", "file_sizes", "table"]
 
 
 def count_params(model: keras.Model) -> dict[str, Any]:
@@ -19,12 +21,6 @@ def count_params(model: keras.Model) -> dict[str, Any]:
         nonzero += int(np.count_nonzero(a))
     return {"params": int(params), "nonzero_params": int(nonzero),
             "sparsity": 1.0 - nonzero / max(params, 1)}
-
-
-def file_sizes(path: Path | str) -> dict[str, int]:
-    """Raw and gzip -9 bytes of a file (what an app download costs)."""
-    data = Path(path).read_bytes()
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9))}
 
 
 COLUMNS = [

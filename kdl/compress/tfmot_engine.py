@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kdl.backend import keras_private
 from kdl.compress.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
 WORKER = Path(__file__).with_name("_tfmot_worker.py")
@@ -38,27 +39,26 @@ class TfmotEngineError(ValueError):
 
 
 def _check_model(model: keras.Model) -> list[keras.layers.Layer]:
-    from keras.src.models.functional import Functional
-
-    if not isinstance(model, Functional):
+    if not keras_private.is_functional(model):
         raise TfmotEngineError(f"the tfmot engine needs a Functional or Sequential model; "
                                f"{model.name!r} is a subclassed {type(model).__name__}. "
                                "Use engine 'native'.")
     layers = [la for la in model.layers if not isinstance(la, keras.layers.InputLayer)]
     for layer in layers:
         cls = type(layer)
-        if not cls.__module__.startswith("keras.src.layers") or not hasattr(
-                keras.layers, cls.__name__):
+        if not keras_private.is_keras_layer_class(cls):
             raise TfmotEngineError(
                 f"the tfmot engine cannot take layer {layer.name!r} "
                 f"({cls.__module__}.{cls.__name__}): tfmot works only on standard Keras "
                 "layers. Use engine 'native', or rebuild the model from keras.layers.")
-        if len(layer._inbound_nodes) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1:
+        nodes = keras_private.inbound_nodes(layer)
+        if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
             raise TfmotEngineError(
                 f"the tfmot engine takes a plain chain of layers; layer {layer.name!r} has "
                 "several inputs or is shared. Use engine 'native'.")
     for prev, layer in zip(layers, layers[1:], strict=False):
-        src = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+        src = keras_private.source_operation(
+            keras_private.inbound_nodes(layer)[0].input_tensors[0])
         if src is not prev:
             raise TfmotEngineError(f"the tfmot engine takes a plain chain of layers; layer "
                                    f"{layer.name!r} does not follow {prev.name!r}. "

@@ -287,6 +287,8 @@ class DataSplits:
     @property
     def input_shape(self) -> tuple:
         """One example's shape; a tuple of shapes for several inputs."""
+        if hasattr(self.train, "spec"):  # image files: from the spec, without decoding them
+            return tuple(self.train.spec.input_shape)
         if is_multi_input(self.train.x):
             return tuple(tuple(a.shape[1:]) for a in self.train.x)
         return tuple(self.train.x.shape[1:])

@@ -4,9 +4,10 @@ Metrics take predictions (NumPy), so they score the Keras model and any
 exported file alike; explanations and attacks differentiate the Keras model
 through `kdl.backend` and run on every backend. Plots: `kdl.evaluate.plots`.
 
-The package is also callable: `kdl.evaluate(model, split, task)` is
-`kdl.training.evaluate` (the task metrics of a split), so the public API's
-`kdl.evaluate(...)` and this package share one name without shadowing each other.
+The task metrics of a split are `kdl.evaluate_split(model, split, task)`
+(`kdl.training.evaluate`). Calling this package, `kdl.evaluate(model, split, task)`,
+as the README once showed, still works and warns (DeprecationWarning): one name,
+one thing.
 """
 
 import sys
@@ -60,8 +61,14 @@ __all__ = [
 
 class _CallableModule(types.ModuleType):
     def __call__(self, model, split, task):
+        """Deprecated: `kdl.evaluate_split(model, split, task)`."""
+        import warnings
+
         from kdl.training import evaluate
 
+        warnings.warn("calling kdl.evaluate(model, split, task) is deprecated: use "
+                      "kdl.evaluate_split(model, split, task); kdl.evaluate is the evaluation "
+                      "package", DeprecationWarning, stacklevel=2)
         return evaluate(model, split, task)
 
 

@@ -17,7 +17,8 @@ every runnable `benchmark` measures:
   quantization is slower than fp32 on the app path and faster in the
   kernel: compare formats on the kernel column (`kernel_vs_fp32`);
 - throughput at a larger batch, in examples per second (p50 of batch calls);
-- file size and gzipped size (a directory is measured as a gzipped tar);
+- file size and gzipped size (`kdl.io.file_sizes`: gzip -9, a directory as a
+  gzipped tar);
 - memory: the growth of this process's resident set (VmRSS, Linux
   `/proc/self/statm`) from before loading to the highest sample taken after
   loading, warm-up and the timed runs. It is an approximation: memory freed
@@ -32,14 +33,11 @@ project's targets, for printing, not asserting.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import math
 import os
 import platform
 import statistics
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kdl.io import GZIP_LEVEL, atomic_write_text, file_sizes
 
 Predict = Callable[[np.ndarray], Any]
 
@@ -193,41 +193,6 @@ def rss_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
-
-
-class _Sink(io.RawIOBase):
-    def __init__(self):
-        self.n = 0
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        self.n += len(b)
-        return len(b)
-
-
-def file_sizes(path: str | Path) -> tuple[int, int]:
-    """`(size, gzipped size)` in bytes; a directory counts as a gzipped tar of it.
-
-    gzip level 6 (gzip's default), streamed, so large files are not held in memory.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory to measure")
-    sink = _Sink()
-    if path.is_dir():
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) as gz:
-            with tarfile.open(fileobj=gz, mode="w") as tar:
-                tar.add(path, arcname=path.name)
-    else:
-        size = path.stat().st_size
-        with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) as gz, \
-                open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                gz.write(chunk)
-    return size, sink.n
 
 
 def _batch(x: np.ndarray, n: int) -> np.ndarray:
@@ -393,19 +358,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
@@ -466,7 +418,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], *, title: str = "Benchmark",
         f"- Throughput: batch {settings.batch}, examples per second at the p50 batch time.",
         "- Ratios in one process: `latency_vs_keras` = p50 / the Keras `model(x)` p50; "
         "`size_vs_fp32` = file size / the TFLite fp32 file.",
-        "- `gzip_bytes`: gzip level 6 (a directory: gzipped tar).",
+        f"- `gzip_bytes`: gzip level {GZIP_LEVEL} (a directory: gzipped tar; `kdl.io.file_sizes`).",
         "- `rss_delta_mb`: growth of this process's resident set (VmRSS) from before loading to "
         "the highest sample after loading, warm-up and timing; memory freed by an earlier row "
         "and reused is not counted again, so later rows can read low.",
@@ -482,8 +434,8 @@ def write_results(rows: Sequence[dict[str, Any]], out_dir: str | Path, *,
     """Writes `benchmark.md` and `benchmark.csv` into `out_dir`, each atomically."""
     out_dir = Path(out_dir)
     md_path, csv_path = out_dir / "benchmark.md", out_dir / "benchmark.csv"
-    _atomic_write(csv_path, to_csv(rows))
-    _atomic_write(md_path, to_markdown(rows, title=title, target_rows=target_rows,
+    atomic_write_text(csv_path, to_csv(rows))
+    atomic_write_text(md_path, to_markdown(rows, title=title, target_rows=target_rows,
                                        settings=settings))
     return md_path, csv_path
 

@@ -1,8 +1,10 @@
-"""The table of export formats and the dispatch from format name to converter.
+"""The table of export formats and the table of runtimes that run them back.
 
-Each `Format` row says which file it writes, which options it takes, how its
-file is run back, and the default verification thresholds. `export` writes the
-requested formats; options that do not apply to a format are rejected by name.
+Each `Format` row says which file it writes, which options it takes, its exporter,
+its runtime and the default verification thresholds; each `Runtime` row says how a
+file is run back for verification (`load_runner`) and for the bench. `export`
+writes the requested formats; options that do not apply to a format are rejected
+by name. A new format is one row (and its exporter); a new runtime one row.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kdl.export import bench as bench_lib
 from kdl.export.litert import ExportFileError, LiteRTRunner
 
 
@@ -26,13 +29,27 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class Format:
+    """One row of the format table: what a format writes, how, and how it is run back.
+
+    Attributes:
+        name: the format's name in configs and reports.
+        filename: the file (or directory) it writes inside the export directory.
+        runtime: the key in `RUNTIMES` that runs the file back (verification, bench).
+        description: one line for `list` and the docs.
+        options: the per-format options `export` accepts for it.
+        thresholds: default verification thresholds (`kdl.export.compare`).
+        family: the file type: keras | saved_model | tflite | onnx (default: name).
+        exporter: `exporter(model, path, *, saved_model, **options)` writes the file.
+    """
+
     name: str
     filename: str
-    runtime: str  # how the file is run back: keras | saved_model | litert
+    runtime: str
     description: str
     options: tuple[str, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
-    family: str = ""  # the file type: keras | saved_model | tflite | onnx (default: name)
+    family: str = ""
+    exporter: Callable[..., None] | None = None
 
     @property
     def is_tflite(self) -> bool:
@@ -40,29 +57,23 @@ class Format:
         return (self.family or self.name) == "tflite"
 
 
-FP32 = {"max_abs_diff": 1e-4, "min_top1_agreement": 1.0}
-QUANTIZED = {"max_metric_drop": 0.01}
+@dataclass(frozen=True)
+class Runtime:
+    """How an exported file is run back.
 
-FORMATS: dict[str, Format] = {f.name: f for f in [
-    Format("keras", "model.keras", "keras", "Keras v3 archive, loads on every backend",
-           thresholds=FP32),
-    Format("saved_model", "saved_model", "saved_model",
-           "TensorFlow SavedModel (serving endpoint 'serve')", thresholds=FP32),
-    Format("tflite_fp32", "model_fp32.tflite", "litert", "TFLite, float32",
-           ("allow_flex_ops",), FP32, "tflite"),
-    Format("tflite_dynamic", "model_dynamic.tflite", "litert",
-           "TFLite, int8 weights, float activations (dynamic range)",
-           ("allow_flex_ops",), QUANTIZED, "tflite"),
-    Format("tflite_fp16", "model_fp16.tflite", "litert", "TFLite, float16 weights",
-           ("allow_flex_ops",), {"max_abs_diff": 1e-2, **QUANTIZED}, "tflite"),
-    Format("tflite_int8", "model_int8.tflite", "litert",
-           "TFLite, full integer: int8 weights, activations, input and output",
-           ("allow_flex_ops", "representative", "float_io", "input_dtype"), QUANTIZED,
-           "tflite"),
-    Format("onnx", "model.onnx", "onnxruntime",
-           "ONNX (tf2onnx from the TensorFlow backend), run back in onnxruntime",
-           ("opset_version",), FP32),
-]}
+    Attributes:
+        name: the key in `RUNTIMES` (a `Format.runtime`).
+        runner: `runner(path)` -> a float-in, float-out `predict(x)` (verification).
+        bench: `bench(path, fmt, threads, extra)` -> the `kdl.export.bench.Runnable`
+            the bench measures; None: the file is measured as the Keras baseline row
+            (the model in memory on this process's backend).
+        threaded: the bench measures it once per thread count (else once).
+    """
+
+    name: str
+    runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
+    bench: Callable[..., bench_lib.Runnable] | None = None
+    threaded: bool = False
 
 
 def _check_options(fmt: Format, options: dict[str, Any]) -> None:
@@ -119,7 +130,9 @@ def recurrent_layers(model) -> list[str]:
     """Names of the recurrent layers (SimpleRNN, LSTM, GRU, any `keras.layers.RNN`) in `model`."""
     import keras
 
-    return [la.name for la in model._flatten_layers(include_self=False)
+    from kdl.backend import keras_private
+
+    return [la.name for la in keras_private.flatten_layers(model, include_self=False)
             if isinstance(la, keras.layers.RNN)]
 
 
@@ -428,7 +441,9 @@ def _export_onnx(model, path: Path, *, opset_version: int | None = None, **_):
     missing = [m for m in ("onnx", "tf2onnx") if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportError(f"the onnx format needs {', '.join(missing)}: {ONNX_PACKAGES}")
-    if not getattr(model, "_called", True):  # Keras refuses a model that has never run
+    from kdl.backend import keras_private
+
+    if not keras_private.has_been_called(model):  # Keras refuses a model that never ran
         import keras
 
         model(keras.ops.zeros((1, *model.inputs[0].shape[1:]), model.inputs[0].dtype))
@@ -438,15 +453,30 @@ def _export_onnx(model, path: Path, *, opset_version: int | None = None, **_):
         raise ExportError(f"{path.name}: ONNX conversion failed: {str(e)[-2000:]}") from None
 
 
-EXPORTERS: dict[str, Callable] = {
-    "keras": _export_keras,
-    "saved_model": _export_saved_model,
-    "tflite_fp32": _tflite_fp32,
-    "tflite_dynamic": _tflite_dynamic,
-    "tflite_fp16": _tflite_fp16,
-    "tflite_int8": _tflite_int8,
-    "onnx": _export_onnx,
-}
+FP32 = {"max_abs_diff": 1e-4, "min_top1_agreement": 1.0}
+QUANTIZED = {"max_metric_drop": 0.01}
+
+FORMATS: dict[str, Format] = {f.name: f for f in [
+    Format("keras", "model.keras", "keras", "Keras v3 archive, loads on every backend",
+           thresholds=FP32, exporter=_export_keras),
+    Format("saved_model", "saved_model", "saved_model",
+           "TensorFlow SavedModel (serving endpoint 'serve')", thresholds=FP32,
+           exporter=_export_saved_model),
+    Format("tflite_fp32", "model_fp32.tflite", "litert", "TFLite, float32",
+           ("allow_flex_ops",), FP32, "tflite", _tflite_fp32),
+    Format("tflite_dynamic", "model_dynamic.tflite", "litert",
+           "TFLite, int8 weights, float activations (dynamic range)",
+           ("allow_flex_ops",), QUANTIZED, "tflite", _tflite_dynamic),
+    Format("tflite_fp16", "model_fp16.tflite", "litert", "TFLite, float16 weights",
+           ("allow_flex_ops",), {"max_abs_diff": 1e-2, **QUANTIZED}, "tflite", _tflite_fp16),
+    Format("tflite_int8", "model_int8.tflite", "litert",
+           "TFLite, full integer: int8 weights, activations, input and output",
+           ("allow_flex_ops", "representative", "float_io", "input_dtype"), QUANTIZED,
+           "tflite", _tflite_int8),
+    Format("onnx", "model.onnx", "onnxruntime",
+           "ONNX (tf2onnx from the TensorFlow backend), run back in onnxruntime",
+           ("opset_version",), FP32, exporter=_export_onnx),
+]}
 
 
 def export(model, out_dir: Path | str, formats: list[str],
@@ -474,7 +504,7 @@ def export(model, out_dir: Path | str, formats: list[str],
         _check_options(FORMATS[name], options.get(name, {}))
     paths: dict[str, Path] = {}
     saved_model = out_dir / FORMATS["saved_model"].filename
-    needs_sm = any(FORMATS[f].runtime == "litert" for f in formats) or "saved_model" in formats
+    needs_sm = any(FORMATS[f].is_tflite for f in formats) or "saved_model" in formats
     try:
         if needs_sm:
             _export_saved_model(model, saved_model)
@@ -484,7 +514,7 @@ def export(model, out_dir: Path | str, formats: list[str],
             if name == "saved_model":
                 continue
             path = out_dir / FORMATS[name].filename
-            EXPORTERS[name](model, path, saved_model=saved_model, **options.get(name, {}))
+            FORMATS[name].exporter(model, path, saved_model=saved_model, **options.get(name, {}))
             paths[name] = path
     finally:  # the shared SavedModel is a by-product unless asked for, also on failure
         if needs_sm and "saved_model" not in formats:
@@ -546,14 +576,21 @@ def _run_onnx(path: Path):
     return run
 
 
+def _run_litert(path: Path):
+    return LiteRTRunner(path).predict
+
+
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in [
+    Runtime("keras", _run_keras),
+    Runtime("saved_model", _run_saved_model,
+            lambda path, fmt, threads, extra: bench_lib.saved_model_runnable(path, extra=extra)),
+    Runtime("litert", _run_litert, lambda path, fmt, threads, extra: bench_lib.litert_runnable(
+        path, fmt, threads=threads, extra=extra), threaded=True),
+    Runtime("onnxruntime", _run_onnx, lambda path, fmt, threads, extra: bench_lib.onnx_runnable(
+        path, threads=threads, extra=extra), threaded=True),
+]}
+
+
 def load_runner(fmt: str, path: Path | str) -> Callable[[np.ndarray], np.ndarray]:
     """A float-in, float-out callable over an exported file, by format."""
-    runtime = FORMATS[fmt].runtime
-    path = Path(path)
-    if runtime == "litert":
-        return LiteRTRunner(path).predict
-    if runtime == "onnxruntime":
-        return _run_onnx(path)
-    if runtime == "saved_model":
-        return _run_saved_model(path)
-    return _run_keras(path)
+    return RUNTIMES[FORMATS[fmt].runtime].runner(Path(path))

@@ -2,11 +2,12 @@
 
 from kdl.layers.attention import (
     MaskedMeanPooling,
-    MultiHeadAttention,
     PaddingMask,
     SinusoidalPositionEncoding,
     TimestepEmbedding,
+    TransformerAttention,
     causal_mask,
+    mask_logits,
     scaled_dot_product_attention,
     sinusoidal_encoding,
 )
@@ -22,17 +23,30 @@ __all__ = [
     "ClassToken",
     "MaskedMeanPooling",
     "LearnedPositionEmbedding",
-    "MultiHeadAttention",
     "PaddingMask",
     "PatchEmbedding",
     "SinusoidalPositionEncoding",
+    "TransformerAttention",
     "TransformerDecoderBlock",
     "TimestepEmbedding",
     "TransformerEncoderBlock",
     "causal_mask",
+    "mask_logits",
     "scaled_dot_product_attention",
     "sinusoidal_encoding",
 ]
-from kdl.layers.recurrent import AdditiveAttention  # noqa: E402
+from kdl.layers.recurrent import BahdanauAttention  # noqa: E402
 
-__all__ += ["AdditiveAttention"]
+__all__ += ["BahdanauAttention"]
+
+
+def __getattr__(name):
+    """The old names `MultiHeadAttention` and `AdditiveAttention`, with a DeprecationWarning."""
+    from kdl.layers import attention, recurrent
+
+    for module in (attention, recurrent):
+        try:
+            return module.__getattr__(name)
+        except AttributeError:
+            pass
+    raise AttributeError(f"module 'kdl.layers' has no attribute {name!r}")

@@ -7,6 +7,29 @@ import math
 import keras
 from keras import ops
 
+MASK_MARGIN = 30.0
+
+
+def mask_logits(scores, mask, margin=MASK_MARGIN):
+    """Attention logits with the masked-out keys pushed out of the softmax.
+
+    A masked key gets `min(scores over the keys) - margin`, so its softmax
+    weight is at most `exp(-margin)` (1e-13) times any allowed key's: the same
+    weights as filling with -1e9 in float. Unlike a -1e9 fill it keeps the
+    logits' range near their own spread, which full-int8 TFLite needs: there
+    the select's output shares one per-tensor scale with its inputs, and a
+    -1e9 fill made that scale ~4e6, rounding every real score to the same
+    value (uniform attention: the reviews transformer fell from 1.000 to
+    0.322 accuracy). A fully masked row stays uniform, as with -1e9.
+
+    Args:
+        scores: float logits, keys on the last axis.
+        mask: boolean, broadcastable to `scores`; True where attention is allowed.
+        margin: how far below the row's smallest logit masked keys go.
+    """
+    fill = ops.min(scores, axis=-1, keepdims=True) - ops.cast(margin, scores.dtype)
+    return ops.where(ops.cast(mask, "bool"), scores, fill)
+
 
 def scaled_dot_product_attention(q, k, v, mask=None):
     """`softmax(q k^T / sqrt(head_dim)) v`, per head.
@@ -28,7 +51,7 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     scores = ops.einsum("bhqd,bhkd->bhqk", q, k) / ops.cast(math.sqrt(head_dim), q.dtype)
     scores = ops.cast(scores, "float32")  # softmax at full precision under mixed policies
     if mask is not None:
-        scores = ops.where(ops.cast(mask, "bool"), scores, ops.full_like(scores, -1e9))
+        scores = mask_logits(scores, mask)
     weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
     return ops.einsum("bhqk,bhkd->bhqd", weights, v), weights
 
@@ -134,8 +157,11 @@ class MaskedMeanPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kdl")
-class MultiHeadAttention(keras.layers.Layer):
-    """Multi-head attention with query/key/value/output projections.
+class TransformerAttention(keras.layers.Layer):
+    """Multi-head attention with query/key/value/output projections (the Transformer's).
+
+    Called `MultiHeadAttention` until kdl renamed it: it is not Keras's
+    `keras.layers.MultiHeadAttention` (this one takes `model_dim`, not `key_dim`).
 
     Args:
         num_heads: number of heads.
@@ -157,7 +183,7 @@ class MultiHeadAttention(keras.layers.Layer):
     Example:
 
     ```python
-    mha = MultiHeadAttention(num_heads=8, model_dim=512)
+    mha = TransformerAttention(num_heads=8, model_dim=512)
     y = mha(x, x, attention_mask=causal_mask(10)[None, None])
     ```
     """
@@ -244,3 +270,25 @@ class TimestepEmbedding(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "base": self.base}
+
+
+def _deprecated(module: str, old: str, new: type):
+    """`old`, the class's name until it was renamed `new` (it shadowed `keras.layers.<old>`,
+    whose signature differs): `.keras` files saved under `kdl>old` still load (the old
+    registered name maps to `new`), and importing `old` still works, with a warning."""
+    keras.saving.get_custom_objects()[f"kdl>{old}"] = new
+
+    def __getattr__(name):
+        if name == old:
+            import warnings
+
+            warnings.warn(f"{module}.{old} is renamed {new.__name__} (the old name shadowed "
+                          f"keras.layers.{old}, whose arguments differ)", DeprecationWarning,
+                          stacklevel=2)
+            return new
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = _deprecated(__name__, "MultiHeadAttention", TransformerAttention)

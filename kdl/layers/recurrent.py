@@ -3,10 +3,16 @@
 import keras
 from keras import ops
 
+from kdl.layers.attention import _deprecated, mask_logits
+
 
 @keras.saving.register_keras_serializable(package="kdl")
-class AdditiveAttention(keras.layers.Layer):
+class BahdanauAttention(keras.layers.Layer):
     """Bahdanau's additive attention: `score(s, h) = v^T tanh(W_q s + W_k h)`.
+
+    Called `AdditiveAttention` until kdl renamed it: it is not Keras's
+    `keras.layers.AdditiveAttention` (this one has its own projections and returns the
+    weights too).
 
     Args:
         units: width of the scoring MLP.
@@ -39,7 +45,7 @@ class AdditiveAttention(keras.layers.Layer):
         k = self.key_dense(value)[:, None, :, :]  # (b, 1, tk, u)
         scores = ops.cast(ops.squeeze(self.score_dense(ops.tanh(q + k)), -1), "float32")
         if value_mask is not None:
-            scores = ops.where(value_mask[:, None, :], scores, ops.full_like(scores, -1e9))
+            scores = mask_logits(scores, value_mask[:, None, :])
         weights = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
         return ops.einsum("bqk,bkd->bqd", weights, value), weights
 
@@ -49,3 +55,6 @@ class AdditiveAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+__getattr__ = _deprecated(__name__, "AdditiveAttention", BahdanauAttention)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kdl.layers.attention import MultiHeadAttention, causal_mask
+from kdl.layers.attention import TransformerAttention, causal_mask
 
 
 def _ffn(model_dim, mlp_dim, activation, dtype):
@@ -43,7 +43,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.activation = activation
         self.epsilon = epsilon
         d = self.dtype_policy
-        self.attention = MultiHeadAttention(num_heads, model_dim, dropout, name="attention",
+        self.attention = TransformerAttention(num_heads, model_dim, dropout, name="attention",
                                             dtype=d)
         self.norm1 = keras.layers.LayerNormalization(epsilon=epsilon, name="norm1", dtype=d)
         self.norm2 = keras.layers.LayerNormalization(epsilon=epsilon, name="norm2", dtype=d)
@@ -107,9 +107,9 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.activation = activation
         self.epsilon = epsilon
         d = self.dtype_policy
-        self.self_attention = MultiHeadAttention(num_heads, model_dim, dropout,
+        self.self_attention = TransformerAttention(num_heads, model_dim, dropout,
                                                  name="self_attention", dtype=d)
-        self.cross_attention = MultiHeadAttention(num_heads, model_dim, dropout,
+        self.cross_attention = TransformerAttention(num_heads, model_dim, dropout,
                                                   name="cross_attention", dtype=d)
         self.norms = [keras.layers.LayerNormalization(epsilon=epsilon, name=f"norm{i + 1}",
                                                       dtype=d) for i in range(3)]

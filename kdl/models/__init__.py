@@ -28,7 +28,7 @@ def build_model(name: str, input_shape, num_outputs: int, *, task: str = "classi
                 preset: str = "default", **overrides):
     """Build a registered model: its preset's arguments, then `overrides`."""
     entry = MODELS.get(name)
-    tasks = entry.meta.get("tasks", ())
+    tasks = entry.spec.tasks
     if tasks and task not in tasks:
         raise ValueError(f"model {name!r} does not do {task!r}; it does {', '.join(tasks)}")
     return MODELS.build(name, tuple(input_shape), num_outputs, task=task, preset=preset,

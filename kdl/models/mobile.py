@@ -9,6 +9,11 @@ layer in front here. So the data stays unnormalized (`data.normalize: false`)
 and an app, or a uint8-input int8 `.tflite`, feeds decoded pixels as they are.
 `INPUT_RANGE` records this for the contract.
 
+`bn_momentum` (every family) replaces the 0.999 that `keras.applications` gives
+each BatchNormalization: right for fine-tuning pretrained statistics, far too slow
+when training from scratch for a few hundred steps (the moving statistics stay
+near their initial values and inference sees them; 0.9 to 0.99 there).
+
 The backbone's layers are built on the model's own input (no nested model), so
 pruning, QAT checks and the converter see every layer. Weights: `None` (the
 default, offline), a local weights file, or "imagenet" (downloaded by Keras;
@@ -47,11 +52,13 @@ def _weights(weights: str | None, family: str):
 
 
 def _build(family: str, app, input_shape, num_outputs: int, task: str, weights, dropout: float,
-           **app_args) -> keras.Model:
+           bn_momentum: float | None = None, **app_args) -> keras.Model:
     if len(input_shape) != 3 or min(input_shape[:2]) < 32:
         raise ValueError(f"{family} needs image input (height, width, channels) of at least "
                          f"32x32, got {tuple(input_shape)}")
     w = _weights(weights, family)
+    if bn_momentum is not None and not 0 <= bn_momentum < 1:
+        raise ValueError(f"{family}: bn_momentum must be in [0, 1), got {bn_momentum}")
     if w is not None and input_shape[-1] != 3:
         raise ValueError(f"{family}: pretrained weights take 3 channels (rgb), "
                          f"got {input_shape[-1]}")
@@ -69,6 +76,10 @@ def _build(family: str, app, input_shape, num_outputs: int, task: str, weights, 
                 "$KERAS_HOME/models (~/.keras/models) or use weights=none or a local file"
             ) from None
         raise
+    if bn_momentum is not None:  # keras.applications builds every BatchNormalization at 0.999
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
     x = backbone.output
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
@@ -85,17 +96,17 @@ HARNESS = {"input_shape": (32, 32, 3)}
 
 @MODELS.register("mobilenet_v2", presets=_V2, tasks=TASKS, raw_pixels=True, harness=HARNESS)
 def mobilenet_v2(input_shape, num_outputs, *, task="classification", alpha=1.0, weights=None,
-                 dropout=0.2):
+                 dropout=0.2, bn_momentum=None):
     """MobileNetV2 (keras.applications, width `alpha`) + head; takes pixels in [0, 255]."""
     return _build("mobilenet_v2", keras.applications.MobileNetV2, input_shape, num_outputs,
-                  task, weights, dropout, alpha=alpha)
+                  task, weights, dropout, bn_momentum, alpha=alpha)
 
 
 def _v3(family, app):
     def build(input_shape, num_outputs, *, task="classification", alpha=1.0,
-              minimalistic=False, weights=None, dropout=0.2):
+              minimalistic=False, weights=None, dropout=0.2, bn_momentum=None):
         return _build(family, app, input_shape, num_outputs, task, weights, dropout,
-                      alpha=alpha, minimalistic=minimalistic, include_preprocessing=True)
+                      bn_momentum, alpha=alpha, minimalistic=minimalistic, include_preprocessing=True)
 
     build.__doc__ = (f"{app.__name__} (keras.applications, `alpha`, `minimalistic`) + head; "
                      "takes pixels in [0, 255].")
@@ -110,15 +121,15 @@ MODELS.register("mobilenet_v3_large", presets=_V3, tasks=TASKS, raw_pixels=True,
 
 @MODELS.register("efficientnet_b0", presets=_EFF, tasks=TASKS, raw_pixels=True, harness=HARNESS)
 def efficientnet_b0(input_shape, num_outputs, *, task="classification", weights=None,
-                    dropout=0.2):
+                    dropout=0.2, bn_momentum=None):
     """EfficientNetB0 (keras.applications) + head; takes pixels in [0, 255]."""
     return _build("efficientnet_b0", keras.applications.EfficientNetB0, input_shape,
-                  num_outputs, task, weights, dropout)
+                  num_outputs, task, weights, dropout, bn_momentum)
 
 
 @MODELS.register("efficientnet_v2_b0", presets=_EFF, tasks=TASKS, raw_pixels=True, harness=HARNESS)
 def efficientnet_v2_b0(input_shape, num_outputs, *, task="classification", weights=None,
-                       dropout=0.2):
+                       dropout=0.2, bn_momentum=None):
     """EfficientNetV2B0 (keras.applications) + head; takes pixels in [0, 255]."""
     return _build("efficientnet_v2_b0", keras.applications.EfficientNetV2B0, input_shape,
-                  num_outputs, task, weights, dropout, include_preprocessing=True)
+                  num_outputs, task, weights, dropout, bn_momentum, include_preprocessing=True)

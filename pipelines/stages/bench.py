@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from kdl.export import bench
-from kdl.export.formats import FORMATS
+from kdl.export.formats import FORMATS, RUNTIMES
 from pipelines.stages.common import Context, load_keras
 
 FIGURES = ("batch1_p50_ms", "batch1_p90_ms", "kernel_p50_ms", "kernel_vs_fp32",
@@ -39,15 +39,12 @@ def runnables_for(run_dir, report: dict[str, Any], model, threads: list[int]):
                                  else run_dir / "model.keras")]
     for fmt, r in report["formats"].items():
         path, extra = export_dir / r["file"], _extra(r)
-        runtime = FORMATS[fmt].runtime
-        if runtime == "litert":
-            rows += [bench.litert_runnable(path, fmt, threads=t, extra=extra) for t in threads]
-        elif runtime == "saved_model":
-            rows.append(bench.saved_model_runnable(path, extra=extra))
-        elif runtime == "onnxruntime":
-            rows += [bench.onnx_runnable(path, threads=t, extra=extra) for t in threads]
-        elif fmt == "keras":
+        runtime = RUNTIMES[FORMATS[fmt].runtime]
+        if runtime.bench is None:  # measured as the Keras baseline row
             rows[0].extra.update(extra)
+            continue
+        rows += [runtime.bench(path, fmt, t, extra) for t in (threads if runtime.threaded
+                                                              else [None])]
     return rows
 
 

@@ -49,7 +49,7 @@ def load_data(cfg: ExperimentConfig, cache_dir: Path | None = None) -> DataSplit
     d = cfg.data
     options = {k: v for k, v in {"path": d.path, "target": d.target, "task": d.task,
                                  "text": d.text}.items() if v is not None}
-    if DATASETS.get(d.name).meta.get("files"):
+    if DATASETS.get(d.name).spec.files:
         options.update({k: getattr(d, k) for k in IMAGE_OPTIONS})
     options.update(d.params)
     return load_splits(d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
@@ -83,9 +83,9 @@ def check_model_takes_data(cfg: ExperimentConfig) -> DataSplits | None:
     entry = MODELS.get(cfg.model.name)
     if not cfg.train.transfer.backbone:
         try:
-            if "data_arg" in entry.meta:
+            if entry.spec.custom_training:
                 MODELS.build(cfg.model.name, preset=cfg.model.preset,
-                             **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+                             **{entry.spec.data_arg: splits.input_shape, **cfg.model.params})
             else:
                 build_model(cfg.model.name, splits.input_shape, splits.num_outputs,
                             task=splits.task, preset=cfg.model.preset,

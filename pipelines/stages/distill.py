@@ -14,9 +14,9 @@ import numpy as np
 
 from kdl import training
 from kdl.compress.distill import Distiller
-from kdl.compress.report import count_params, file_sizes
+from kdl.compress.report import count_params
 from kdl.config import ConfigError
-from kdl.io import atomic_write_json
+from kdl.io import atomic_write_json, file_sizes
 from kdl.models import build_model
 from pipelines.stages.common import Context, compile_model, load_trained, save_model
 
@@ -57,7 +57,7 @@ def run(ctx: Context) -> dict:
         rows[name] = {"accuracy": training.score(splits.task, splits.test.y, pred)["accuracy"],
                       "teacher_agreement": float(np.mean(pred.argmax(-1) == teacher_top1)),
                       "params": count_params(model)["params"]}
-    rows["student_distilled"]["keras_bytes"] = file_sizes(out)["bytes"]
+    rows["student_distilled"]["keras_bytes"] = file_sizes(out).size_bytes
     lines = [f"{'model':<18} {'params':>9} {'accuracy':>9} {'agrees w/ teacher':>18}"]
     lines += [f"{k:<18} {r['params']:>9,} {r['accuracy']:>9.4f} {r['teacher_agreement']:>18.4f}"
               for k, r in rows.items()]

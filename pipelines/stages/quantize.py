@@ -32,12 +32,12 @@ from kdl import training
 from kdl.compress import MagnitudePruner
 from kdl.compress.ptq import keras_quantizable_layers, keras_quantize
 from kdl.compress.qat import quantize_aware, strip_quantization
-from kdl.compress.report import count_params, file_sizes, table
+from kdl.compress.report import count_params, table
 from kdl.data import fingerprint, sample
 from kdl.export import LiteRTRunner, export
 from kdl.export.formats import ExportError, last_words
 from kdl.gates import at_least, at_most, nonfinite_count
-from kdl.io import atomic_write_json, atomic_write_text
+from kdl.io import atomic_write_json, atomic_write_text, file_sizes
 from pipelines import tf_process
 from pipelines.stages.common import (
     Context,
@@ -224,8 +224,8 @@ def run(ctx: Context) -> dict:
         tfl = Path(v.get("tflite") or comp / v["file"])
         sizes = file_sizes(tfl)
         row = {"variant": v["variant"], **count_params(v["model"]),
-               "tflite_kb": sizes["bytes"] / 1024, "tflite_gz_kb": sizes["gzip_bytes"] / 1024,
-               "tflite_bytes": sizes["bytes"], "tflite_gzip_bytes": sizes["gzip_bytes"],
+               "tflite_kb": sizes.size_bytes / 1024, "tflite_gz_kb": sizes.gzip_bytes / 1024,
+               "tflite_bytes": sizes.size_bytes, "tflite_gzip_bytes": sizes.gzip_bytes,
                "accuracy": scores[v["variant"]][metric],
                "delta_pt": 100 * (scores[v["variant"]][metric] - base)
                * (1 if mode == "max" else -1)}
@@ -278,8 +278,8 @@ def run(ctx: Context) -> dict:
 
 def _keras_sizes(path: Path) -> dict[str, Any]:
     s = file_sizes(path)
-    return {"keras_kb": s["bytes"] / 1024, "keras_gz_kb": s["gzip_bytes"] / 1024,
-            "keras_bytes": s["bytes"], "keras_gzip_bytes": s["gzip_bytes"]}
+    return {"keras_kb": s.size_bytes / 1024, "keras_gz_kb": s.gzip_bytes / 1024,
+            "keras_bytes": s.size_bytes, "keras_gzip_bytes": s.gzip_bytes}
 
 
 def _convert_score_file(path: Path, splits, workdir: Path) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 
 from kdl import training
 from kdl.backend.distribution import Distributed
@@ -56,9 +57,10 @@ def run(ctx: Context) -> dict:
         "data_fingerprint": splits.fingerprint, "data_info": splits.info,
         "nonfinite_dropped": splits.dropped})
     tracker.set_tags({"data_fingerprint": splits.fingerprint}, run_id=tracker.parent_id)
+    log_dataset(ctx, splits)
 
     dist = ctx.state.get("distribution") or Distributed()
-    if "data_arg" in MODELS.get(cfg.model.name).meta:  # trained by its own losses (zoo)
+    if MODELS.get(cfg.model.name).spec.custom_training:  # trained by its own losses (zoo)
         return run_custom(ctx, splits)
     transfer = cfg.train.transfer
     with dist.scope():  # variables made, and fit run, on the configured devices
@@ -104,7 +106,7 @@ def run(ctx: Context) -> dict:
         raise StageFailed(f"training diverged: {result.diagnosis['message']}")
 
     test = training.evaluate(model, splits.test, splits.task)
-    decode = MODELS.get(cfg.model.name).meta.get("decode")
+    decode = MODELS.get(cfg.model.name).spec.decode
     if decode is not None and "start_id" in splits.info:  # autoregressive, no teacher forcing
         test.update(training.evaluate_decoding(model, splits.test, decode,
                                                splits.info["start_id"]))
@@ -157,7 +159,7 @@ def run_custom(ctx: Context, splits: DataSplits) -> dict:
     dist = ctx.state.get("distribution") or Distributed()
     with dist.scope():
         model = MODELS.build(cfg.model.name, preset=cfg.model.preset,
-                             **{entry.meta["data_arg"]: splits.input_shape, **cfg.model.params})
+                             **{entry.spec.data_arg: splits.input_shape, **cfg.model.params})
         probing = hasattr(model, "probe_features") and splits.task == "classification"
         if probing:  # the same encoder before training: the random-encoder baseline
             untrained = probe_accuracy(model, splits)
@@ -212,3 +214,21 @@ def probe_accuracy(model, splits: DataSplits) -> float:
 
     clf = LogisticRegression(max_iter=2000).fit(features(splits.train.x), splits.train.y)
     return float(clf.score(features(splits.test.x), splits.test.y))
+
+
+def dataset_features(split):
+    """What MLflow's dataset input describes of a split: the arrays (named ones for several
+    inputs), or the file paths of an image split (not decoded for this)."""
+    if hasattr(split, "paths"):
+        return np.asarray(split.paths)
+    if isinstance(split.x, tuple):
+        return {f"input_{i}": a for i, a in enumerate(split.x)}
+    return split.x
+
+
+def log_dataset(ctx: Context, splits: DataSplits) -> None:
+    """The training split as the parent run's MLflow dataset input, digest = fingerprint."""
+    d = ctx.cfg.data
+    ctx.tracker.log_dataset(dataset_features(splits.train), splits.train.y, name=d.name,
+                            digest=splits.fingerprint, source=d.path,
+                            run_id=ctx.tracker.parent_id)

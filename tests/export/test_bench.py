@@ -2,7 +2,9 @@
 
 import csv
 import gzip
+import os
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -49,20 +51,42 @@ def test_percentiles_match_numpy():
 
 
 def test_file_sizes_match_disk(tmp_path):
+    """The one size measure (kdl.io.file_sizes): raw bytes and gzip -9; a directory is
+    its files' bytes and one gzipped tar, the same whenever and by whomever written."""
     f = tmp_path / "w.bin"
     data = np.random.default_rng(0).integers(0, 4, 50_000, dtype="uint8").tobytes()
     f.write_bytes(data)
     size, gz = bench.file_sizes(f)
     assert size == len(data) == f.stat().st_size
-    assert gz == len(gzip.compress(data, compresslevel=6, mtime=0))
+    assert gz == len(gzip.compress(data, compresslevel=9, mtime=0))
     assert gz < size  # 2 bits of entropy per byte compress
     d = tmp_path / "dir"
     (d / "sub").mkdir(parents=True)
     (d / "a").write_bytes(b"x" * 1000)
     (d / "sub" / "b").write_bytes(b"y" * 500)
-    assert bench.file_sizes(d)[0] == 1500
+    sizes = bench.file_sizes(d)
+    assert sizes.size_bytes == 1500 and 0 < sizes.gzip_bytes < 1500
+    os.utime(d / "a", (0, 12345))
+    assert bench.file_sizes(d) == sizes  # file times are not in the figure
     with pytest.raises(FileNotFoundError, match="nope"):
         bench.file_sizes(tmp_path / "nope")
+
+
+@pytest.mark.once
+def test_one_size_measure_everywhere():
+    """Export report, compression report and bench log the same `gzip_bytes`: one function,
+    and no other gzip measure in kdl/ or pipelines/."""
+    from kdl import io
+    from kdl.compress import report
+
+    assert bench.file_sizes is report.file_sizes is io.file_sizes
+    root = Path(__file__).resolve().parents[2]
+    worker = (root / "pipelines" / "export_worker.py").read_text()
+    assert "file_sizes(path)" in worker
+    others = [str(p.relative_to(root)) for d in ("kdl", "pipelines")
+              for p in (root / d).rglob("*.py") if p != root / "kdl" / "io.py"
+              and any(w in p.read_text() for w in ("gzip.compress", "GzipFile", "compresslevel"))]
+    assert not others, f"a second gzip measure in {others}: use kdl.io.file_sizes"
 
 
 def test_benchmark_writes_md_and_csv(tmp_path):

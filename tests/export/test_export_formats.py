@@ -103,3 +103,18 @@ def test_mixed_precision_model_exports_through_its_float32_twin(tmp_path):
     paths = export(mixed, tmp_path, ["tflite_fp32"])
     tflite = load_runner("tflite_fp32", paths["tflite_fp32"])(x)
     np.testing.assert_allclose(tflite, twin.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.once
+def test_every_format_row_names_its_exporter_and_runtime():
+    """The format table is the only table: a row without an exporter or with a runtime the
+    runtime table lacks would fail at export or bench time, here it fails at once."""
+    from kdl.export.formats import RUNTIMES
+
+    for f in FORMATS.values():
+        assert callable(f.exporter), f"{f.name} names no exporter"
+        assert f.runtime in RUNTIMES, f"{f.name}: runtime {f.runtime!r} not in RUNTIMES"
+    for r in RUNTIMES.values():
+        assert callable(r.runner) and (r.bench is None or callable(r.bench)), r.name
+    assert [f.name for f in FORMATS.values() if f.is_tflite] == [
+        "tflite_fp32", "tflite_dynamic", "tflite_fp16", "tflite_int8"]

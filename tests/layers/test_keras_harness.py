@@ -27,7 +27,7 @@ Q, KV = (2, 4, 8), (2, 3, 8)
 CASES = {
     "ActivationQuantizer": dict(init_kwargs={}, input_shape=(2, 5),
                                 expected_output_shape=(2, 5)),
-    "AdditiveAttention": dict(init_kwargs={"units": 6},
+    "BahdanauAttention": dict(init_kwargs={"units": 6},
                               input_shape={"query_shape": Q, "value_shape": KV},
                               expected_output_shape=((2, 4, 8), (2, 4, 3))),
     "ClassToken": dict(init_kwargs={}, input_shape=(2, 4, 8), expected_output_shape=(2, 5, 8)),
@@ -40,9 +40,6 @@ CASES = {
                               input_shape={"x_shape": (2, 4, 8), "tokens_shape": (2, 4)},
                               input_dtype={"x_shape": "float32", "tokens_shape": "int32"},
                               expected_output_shape=(2, 8)),
-    "MultiHeadAttention": dict(init_kwargs={"num_heads": 2, "model_dim": 8, "dropout": 0.1},
-                               input_shape={"query_shape": Q, "value_shape": KV},
-                               expected_output_shape=(2, 4, 8)),
     "NormalizedAdjacency": dict(init_kwargs={}, input_shape=(2, 5, 5),
                                 expected_output_shape=(2, 5, 5)),
     "PaddingMask": dict(init_kwargs={"pad_id": 0}, input_shape=(2, 6), input_dtype="int32",
@@ -63,6 +60,9 @@ CASES = {
                                        expected_output_shape=(2, 4, 8)),
     "TimestepEmbedding": dict(init_kwargs={"dim": 8}, input_shape=(2,), input_dtype="int32",
                               expected_output_shape=(2, 8)),
+    "TransformerAttention": dict(init_kwargs={"num_heads": 2, "model_dim": 8, "dropout": 0.1},
+                                 input_shape={"query_shape": Q, "value_shape": KV},
+                                 expected_output_shape=(2, 4, 8)),
     "TransformerDecoderBlock": dict(
         init_kwargs={"num_heads": 2, "model_dim": 8, "mlp_dim": 16, "dropout": 0.1},
         input_shape={"x_shape": Q, "context_shape": KV}, expected_output_shape=Q),
@@ -76,9 +76,11 @@ CASES = {
 
 
 def kdl_layers() -> dict[str, type]:
+    """Registered kdl layers by name; old names kept for loading (aliases) left out."""
     objects = keras.saving.get_custom_objects()
     return {k.removeprefix("kdl>"): v for k, v in objects.items()
             if k.startswith("kdl>") and isinstance(v, type)
+            and keras.saving.get_registered_name(v) == k
             and issubclass(v, keras.layers.Layer) and not issubclass(v, keras.Model)}
 
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kdl.layers import AdditiveAttention
+from kdl.layers import BahdanauAttention
 from kdl.models import build_model
 from kdl.models.rnn import greedy_decode
 from kdl.models.tcn.tcn import receptive_field
@@ -55,7 +55,7 @@ def test_additive_attention_matches_numpy():
     q = rng.normal(size=(2, 3, 4)).astype("float32")
     v = rng.normal(size=(2, 5, 6)).astype("float32")
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-    layer = AdditiveAttention(7)
+    layer = BahdanauAttention(7)
     ctx, w = layer(q, v, value_mask=mask)
     wq, wk, bk = to_np(layer.query_dense.kernel), to_np(layer.key_dense.kernel), to_np(
         layer.key_dense.bias)

@@ -86,6 +86,13 @@ def test_mlflow_lineage(default_run, store):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     version = next(v.version for v in versions if v.run_id == train_id)
     assert tags["registered_model"] == f"kdl-{cfg.tracking.experiment} v{version}"
+    # The data as the parent run's MLflow dataset input, its fingerprint the digest.
+    (entry,) = parent.inputs.dataset_inputs
+    assert entry.dataset.name == cfg.data.name
+    assert entry.dataset.digest == tags["data_fingerprint"]
+    assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+    profile = json.loads(entry.dataset.profile)
+    assert profile["features_shape"][0] == profile["targets_shape"][0] > 0
 
 
 def test_every_epoch_metric_reaches_mlflow(default_run, store):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from kdl.backend import keras_private
 from kdl.backend.jit import jit
 from kdl.registry import SCHEDULES
 from kdl.schedules import (
@@ -118,7 +119,7 @@ def test_schedule_drives_optimizer_in_compiled_fit(tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.optimizer._learning_rate, OneCycle)
+    assert isinstance(keras_private.learning_rate_schedule(loaded.optimizer), OneCycle)
 
 
 @pytest.mark.once

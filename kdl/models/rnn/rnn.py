@@ -2,7 +2,7 @@
 
 import keras
 
-from kdl.layers import AdditiveAttention, PaddingMask
+from kdl.layers import BahdanauAttention, PaddingMask
 from kdl.models.decoding import greedy_decode
 from kdl.models.heads import output_head
 from kdl.registry import MODELS
@@ -102,7 +102,7 @@ def seq2seq(input_shape, num_outputs, *, task="classification", source_vocab=Non
     t = keras.layers.Embedding(num_outputs, embedding_dim, name="target_embedding")(target)
     dec = keras.layers.LSTM(units, return_sequences=True, name="decoder")(
         t, initial_state=[h, c])
-    context, _ = AdditiveAttention(attention_units, name="attention")(
+    context, _ = BahdanauAttention(attention_units, name="attention")(
         dec, enc, value_mask=source_mask)
     x = keras.layers.Concatenate(name="state_and_context")([dec, context])
     x = keras.layers.Dense(units, activation="tanh", name="attentional")(x)

@@ -315,6 +315,12 @@ def _is_softmax(layer) -> bool:
         isinstance(layer, keras.layers.Activation) and _activation_name(layer) == "softmax")
 
 
+def _is_float(tensor) -> bool:
+    """Token ids and masks (int, bool) are not int8 activations: TFLite keeps them as they
+    are, so fake-quantizing them would only corrupt the ids (a float tensor otherwise)."""
+    return not isinstance(tensor, keras.KerasTensor) or "float" in str(tensor.dtype)
+
+
 def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
     """A fake-quantized clone of `model` (Functional or Sequential) for QAT.
 
@@ -388,7 +394,7 @@ def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
         return y
 
     def call(layer, *args, **kwargs):
-        if layer.name in input_consumers and args:
+        if layer.name in input_consumers and args and _is_float(args[0]):
             args = (quantize(args[0], source="inputs", name=f"{layer.name}_input_quant"),
                     *args[1:])
         original = originals.get(layer.name, layer)
@@ -409,7 +415,7 @@ def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
             out = keras.layers.Softmax(name=f"{layer.name}_softmax", dtype=layer.dtype_policy)(out)
             return ActivationQuantizer(momentum, fixed_range=(0.0, 255.0 / 256.0),
                                        source=layer.name, name=f"{layer.name}_quant")(out)
-        if quantize_output(original):
+        if quantize_output(original) and _is_float(out):
             return quantize(out, source=layer.name, name=f"{layer.name}_quant")
         return out
 

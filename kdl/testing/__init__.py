@@ -70,7 +70,10 @@ class Case:
     def supervised(self) -> bool:
         return self.task in SUPERVISED
 
-    def build(self) -> keras.Model:
+    def build(self, seed: int = 0) -> keras.Model:
+        """The tiny model, its weights drawn from `seed` (a case is the same model
+        whatever ran before it)."""
+        keras.utils.set_random_seed(seed)
         return MODELS.build(self.name, *self.build_args, preset="tiny", **self.build_kwargs)
 
     def compile(self, model: keras.Model, learning_rate: float = 1e-2) -> None:
@@ -95,9 +98,9 @@ def _inputs(rng, batch, shape, vocab=None):
 def make_case(name: str, task: str | None = None, batch: int = BATCH, seed: int = 0) -> Case:
     """The harness case of model `name` for `task` (its first task by default)."""
     entry = MODELS.get(name)
-    tasks = tuple(entry.meta.get("tasks", ("classification",)))
+    tasks = entry.spec.tasks or ("classification",)
     task = task or tasks[0]
-    h = dict(entry.meta.get("harness", {}))
+    h = dict(entry.spec.harness)
     rng = np.random.default_rng(seed)
     if task in SUPERVISED:
         input_shape = h.get("input_shape", (8, 8, 1))
@@ -139,7 +142,7 @@ def task_cases(registry=MODELS) -> list[tuple[str, str]]:
     """`(name, task)` for each further supervised task of each model."""
     out = []
     for e in registry:
-        tasks = tuple(e.meta.get("tasks", ()))
+        tasks = e.spec.tasks
         out += [(e.name, t) for t in tasks[1:] if t in SUPERVISED]
     return out
 

@@ -30,7 +30,6 @@ from pipelines.stages.common import Context, StageFailed, load_keras, load_train
 # Keras models of a run, beside the trained one, as rows of the per-format table.
 KERAS_ROWS = {"keras": "model.keras", "keras_pruned": "compressed/model_pruned.keras",
               "keras_qat": "compressed/model_qat.keras"}
-RUNTIMES = ("litert", "onnxruntime", "saved_model")  # exported files scored here
 
 
 def _predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
@@ -50,7 +49,8 @@ def predictors(run_dir: Path, cfg, model: keras.Model) -> dict[str, Any]:
         report = json.loads(report_path.read_text())
         wanted = cfg.evaluate.formats
         for fmt, r in report["formats"].items():
-            if FORMATS[fmt].runtime in RUNTIMES and (wanted is None or fmt in wanted):
+            # every exported file runs here; the keras one is the trained model's row
+            if FORMATS[fmt].runtime != "keras" and (wanted is None or fmt in wanted):
                 out[fmt] = load_runner(fmt, run_dir / "export" / r["file"])
     return out
 

@@ -42,8 +42,9 @@ def augment(x, seed_generator, noise_std=0.3, mask_rate=0.2, max_shift=1):
 class SimCLR(CustomTrainModel):
     """Contrastive self-supervised learning of an encoder.
 
-    Each batch gives two random views per example (`augment`); encoder then a
-    two-layer projection head map them to `z1`, `z2`; the loss is NT-Xent. The
+    Each batch gives two random views per example (`augment`); encoder then the
+    paper's two-layer projection head `g(h) = W2 relu(W1 h)` map them to `z1`,
+    `z2`; the loss is NT-Xent. The
     encoder's output (the representation, before the head) is what `call`
     returns, for linear probes and downstream models.
 
@@ -75,7 +76,6 @@ class SimCLR(CustomTrainModel):
         self.encoder = encoder_net(self.input_shape_, representation_dim, kind, self.widths)
         self.projection = keras.Sequential([
             keras.Input((representation_dim,)),
-            keras.layers.ReLU(),
             keras.layers.Dense(representation_dim, activation="relu"),
             keras.layers.Dense(projection_dim),
         ], name="projection")

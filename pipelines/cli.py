@@ -146,7 +146,7 @@ def cmd_list() -> int:
 def cmd_run(args) -> int:
     from pipelines import toolkit
     from pipelines.config import check_stages, load_config, validate
-    from pipelines.run import continue_run, run_pipeline, summary_table
+    from pipelines.run import continue_run, reopen, run_pipeline, summary_table
 
     stages = args.stages.split(",") if args.stages else None
     if args.resume is not None:
@@ -155,6 +155,8 @@ def cmd_run(args) -> int:
                           "(the run's config is reused)")
         if stages:
             check_stages(stages)
+        if message := _tracking_missing(reopen(args.resume)[0]):
+            return _error(message)
         run_dir, results, tracker = continue_run(args.resume, stages, resume=True)
         print()
         print(summary_table(run_dir, results, tracker))
@@ -190,8 +192,10 @@ def cmd_run(args) -> int:
 
 def cmd_export(args) -> int:
     """`export|bench|evaluate RUN_DIR`: that one stage again in an earlier run."""
-    from pipelines.run import continue_run, summary_table
+    from pipelines.run import continue_run, reopen, summary_table
 
+    if message := _tracking_missing(reopen(args.run_dir, args.overrides)[0]):
+        return _error(message)  # before stale files go or an MLflow run starts
     run_dir, results, tracker = continue_run(args.run_dir, [args.command], args.overrides)
     print(summary_table(run_dir, results, tracker))
     return 0

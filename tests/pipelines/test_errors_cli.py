@@ -126,3 +126,20 @@ def test_a_missing_extra_is_named_before_any_run(tmp_path):
     assert_one_line_error(proc, "tracking (tracking.enabled) needs mlflow",
                           "pip install 'kdl[tracking]'", "--set tracking.enabled=false")
     assert not out.exists() and not db.exists()
+
+    # an earlier run reopened (export/bench/evaluate): checked before anything is touched
+    import yaml
+
+    from pipelines.config import ExperimentConfig, to_dict
+
+    run_dir = tmp_path / "earlier"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(ExperimentConfig())))
+    (run_dir / ".export-work-x").mkdir()  # what a killed export left: stays untouched
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "export", str(run_dir),
+                           "--set", f"tracking.uri=sqlite:///{db}"],
+                          env={**env, "KERAS_BACKEND": "tensorflow"}, capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert_one_line_error(proc, "pip install 'kdl[tracking]'")
+    assert sorted(p.name for p in run_dir.iterdir()) == [".export-work-x", "config.yaml"]
+    assert not db.exists()

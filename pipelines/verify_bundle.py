@@ -914,7 +914,10 @@ def verify_tokenizer(bundle_dir: Path, contract: dict, golden: dict) -> tuple[li
         if len(vocab) != spec["vocab_size"]:
             raise MalformedBundleError(f"{spec['vocabulary_file']}: {len(vocab)} tokens, the "
                                        f"contract says vocab_size {spec['vocab_size']}.")
-    tok = reference(spec, vocab)
+    model = b""
+    if spec.get("sentencepiece_model_file"):
+        model = (bundle_dir / spec["sentencepiece_model_file"]).read_bytes()
+    tok = reference(spec, vocab, model)
     mismatches = []
     for i, s in enumerate(strings):
         got = tok.encode(s)

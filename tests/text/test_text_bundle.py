@@ -123,3 +123,29 @@ def test_predict_text_gives_the_keras_label(bundle, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipelines", "predict", str(path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_sentencepiece_bundle_replays_its_strings(tmp_path):
+    """verify-bundle replays golden strings through the plain-Python SentencePiece (read
+    from the bundled `.model` file), and a changed golden id fails it."""
+    s = load_splits("reviews", n=300, seed=0,
+                    tokenizer={"kind": "sentencepiece", "vocab_size": 70,
+                               "sequence_length": 16})
+    keras.utils.set_random_seed(0)
+    model = build_model("bag_of_embeddings", s.input_shape, 3, preset="tiny",
+                        vocab_size=s.info["vocab_size"])
+    paths = export(model, tmp_path / "export", ["tflite_fp32"])
+    strings = list(s.test.text[:4]) + HARD_STRINGS
+    ids = tokenize(tokenizer_from_spec(s.info["tokenizer"]), strings)
+    path = write_bundle(tmp_path / "bundle", paths, ids, label_names=s.label_names,
+                        reference_outputs=model.predict(ids, verbose=0), text=strings,
+                        tokenizer=s.info["tokenizer"])
+    tok = json.loads((path / "contract.json").read_text())["preprocessing"]["tokenizer"]
+    assert (path / tok["sentencepiece_model_file"]).is_file()
+    code, lines = verify_bundle(path)
+    assert code == 0 and lines[0].startswith("PASS tokenizer sentencepiece"), lines
+    golden = json.loads((path / "golden.json").read_text())
+    golden["inputs"][0]["data"][0][1] += 1
+    (path / "golden.json").write_text(json.dumps(golden))
+    code, lines = verify_bundle(path)
+    assert code == 1 and "reference tokenizer gives id" in "\n".join(lines)

@@ -17,7 +17,7 @@ TRAIN = [
 
 def _agree(tok, strings):
     spec = tokenizer_spec(tok)
-    ref = ReferenceTokenizer(spec, spec.get("vocabulary", []))
+    ref = ReferenceTokenizer(spec, spec.get("vocabulary", []), tok.proto)
     got = tokenize(tok, strings)
     mismatches = [(s, list(g), ref.encode(s)) for s, g in zip(strings, got, strict=True)
                   if list(g) != ref.encode(s)]
@@ -39,6 +39,19 @@ def test_reference_wordpiece_agrees_with_kerashub(options):
     assert (ids != unk).sum() > 0.3 * (ids != 0).sum()  # real pieces, not all unknown
     long = tokenize(tok, ["x" * 150])[0]  # a word over 100 bytes is one unknown token
     assert unk in long[:2]
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("lowercase", [False, True])  # nmt_nfkc / nmt_nfkc_cf charsmaps
+def test_reference_sentencepiece_agrees_with_kerashub(lowercase):
+    """The plain-Python unigram SentencePiece (from the `.model` file alone) gives the
+    ids of the SentencePiece runtime under KerasHub's tokenizer, id for id."""
+    tok = fit_tokenizer(TRAIN, kind="sentencepiece", vocab_size=300, sequence_length=24,
+                        lowercase=lowercase, start_token="<s>", end_token="</s>")
+    strings = HARD_STRINGS + fuzz_corpus(300, seed=4) + ["  a  b ", "\t x\n", "ＡＢＣ ﬁ ½"]
+    ids = _agree(tok, strings)
+    assert (ids == 1).sum() < 0.2 * (ids > 3).sum()  # mostly real pieces, some unknown
+    assert (ids == 1).any()  # ... and the unknown path is exercised
 
 
 @pytest.mark.once

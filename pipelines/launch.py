@@ -126,11 +126,9 @@ def _mark_failed(output: list[str]) -> None:
     if not meta.get("mlflow_run_id"):
         return
     try:
-        from mlflow.tracking import MlflowClient
+        from pipelines.tracking import mark_failed
 
-        client = MlflowClient(meta["tracking_uri"])
-        if client.get_run(meta["mlflow_run_id"]).info.status == "RUNNING":
-            client.set_terminated(meta["mlflow_run_id"], "FAILED")
+        mark_failed(meta["tracking_uri"], meta["mlflow_run_id"])
     except Exception as e:  # tracking never decides the exit code
         print(f"launch: could not mark MLflow run {meta['mlflow_run_id']} FAILED: {e}",
               file=sys.stderr)

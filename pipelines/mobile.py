@@ -119,52 +119,12 @@ def image_preprocessing(cfg, splits, n: int):
     return image, pixels
 
 
-# The registry's promise, kept through a kill at any point (tests/export/test_registry_kill.py):
-# `candidate` points at a version only after that version's bundle was verified and its
-# artifacts logged, and never at an older version while a newer one is tagged
-# `verify_bundle=passed`. So a version is created `pending`, the alias moves (forward only),
-# and only then does the version become `passed`. A kill after the creation leaves a
-# `pending` version and the alias on the previous candidate; a kill after the alias move
-# leaves the candidate `pending`. The next registration of the model repairs both:
-# a pending candidate becomes `passed`, a pending version older than the candidate
-# `interrupted` (its bundle is complete but it never became the candidate).
-PENDING, PASSED, INTERRUPTED = "pending", "passed", "interrupted"
-
-
-def _alias_version(client, name: str) -> int:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(client.get_model_version_by_alias(name, CANDIDATE_ALIAS).version)
-    except MlflowException:
-        return 0
-
-
-def repair_candidate(client, name: str) -> int:
-    """Completes what a killed registration left; returns the candidate version (0: none)."""
-    versions = client.search_model_versions(f"name = '{name}'")
-    bundles = [mv for mv in versions if mv.tags.get("kind") == "mobile-bundle"]
-    passed = [int(mv.version) for mv in bundles if mv.tags.get("verify_bundle") == PASSED]
-    candidate = _alias_version(client, name)
-    if passed and max(passed) > candidate:  # a store written before this ordering
-        candidate = max(passed)
-        client.set_registered_model_alias(name, CANDIDATE_ALIAS, str(candidate))
-    for mv in bundles:
-        if mv.tags.get("verify_bundle") != PENDING:
-            continue
-        if int(mv.version) == candidate:
-            client.set_model_version_tag(name, mv.version, "verify_bundle", PASSED)
-        elif int(mv.version) < candidate:
-            client.set_model_version_tag(name, mv.version, "verify_bundle", INTERRUPTED)
-    return candidate
-
-
 def register_candidate(tracker, cfg, run_dir: Path, bundle_dir: Path,
                        formats: list[str]) -> str | None:
     """Logs the bundle, registers it as a model version, sets alias `candidate`.
 
-    The order keeps the registry consistent through a kill at any point (see
-    `PENDING` above): create `pending`, move the alias forward, tag `passed`.
+    The registration keeps the registry consistent through a kill at any point
+    (`Tracker.register_bundle`: create `pending`, move the alias forward, tag `passed`).
 
     Returns:
         The registered version ("<name> v<N>"), or None when tracking or
@@ -174,25 +134,7 @@ def register_candidate(tracker, cfg, run_dir: Path, bundle_dir: Path,
     if not (cfg.tracking.register_model and tracker.enabled and tracker.run_id):
         return None
     name = cfg.tracking.model_name or f"kdl-{tracker.experiment}"
-    run_id = tracker.run_id
-
-    def _register():
-        from mlflow.exceptions import MlflowException
-
-        client = tracker.client
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name)
-        repair_candidate(client, name)
-        source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
-        tags = {"kind": "mobile-bundle", "verify_bundle": PENDING,
-                "source_run": tracker.parent_id or "", "export_run": run_id,
-                "run_dir": run_label(run_dir), "formats": ",".join(formats)}
-        mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-        if int(mv.version) > _alias_version(client, name):  # forward only: never back
-            client.set_registered_model_alias(name, CANDIDATE_ALIAS, mv.version)
-        client.set_model_version_tag(name, mv.version, "verify_bundle", PASSED)
-        return f"{name} v{mv.version}"
-
-    return tracker._safe("register bundle", _register)
+    tags = {"source_run": tracker.parent_id or "", "export_run": tracker.run_id,
+            "run_dir": run_label(run_dir), "formats": ",".join(formats)}
+    return tracker.register_bundle(name, "bundle", tags, alias=CANDIDATE_ALIAS,
+                                   kind="mobile-bundle")

@@ -189,16 +189,7 @@ def close_stale(run_dir: Path, tracker: Tracker, parent: str | None, log=print) 
             log(f"removed stale {p.name} (left by a killed run)")
     if parent is None or not tracker.enabled:
         return
-
-    def kill_running():
-        runs = tracker.client.search_runs(
-            [tracker.client.get_run(parent).info.experiment_id],
-            f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
-        for r in runs:
-            tracker.client.set_terminated(r.info.run_id, "KILLED")
-        return len(runs)
-
-    if tracker._safe("close stale runs", kill_running):
+    if tracker.kill_stale_children(parent):
         log(f"marked stale RUNNING stage runs of {parent} KILLED")
 
 

@@ -396,8 +396,108 @@ class Tracker:
 
         return self._safe("log model", _log)
 
+    # -- runs left RUNNING, the model registry ----------------------------------------
+
+    def kill_stale_children(self, parent_id: str) -> int:
+        """Mark the stage runs of `parent_id` still RUNNING (left by a killed process)
+        KILLED; returns how many (0 when tracking is off or failed)."""
+
+        def _kill():
+            runs = self.client.search_runs(
+                [self.client.get_run(parent_id).info.experiment_id],
+                f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'")
+            for r in runs:
+                self.client.set_terminated(r.info.run_id, "KILLED")
+            return len(runs)
+
+        return self._safe("close stale runs", _kill) or 0
+
+    def register_bundle(self, name: str, artifact_path: str, tags: dict[str, str], *,
+                        alias: str, kind: str) -> str | None:
+        """Register the current run's artifact directory `artifact_path` as a version of
+        model `name` (tagged `kind=<kind>` and `tags`) and move `alias` to it, in the order
+        that survives a kill (see `PENDING`).
+
+        Returns:
+            "<name> v<N>", or None when tracking is off or failed (warned once).
+        """
+        run_id = self.run_id
+        if not run_id:
+            return None
+
+        def _register():
+            from mlflow.exceptions import MlflowException
+
+            client = self.client
+            try:
+                client.get_registered_model(name)
+            except MlflowException:
+                client.create_registered_model(name)
+            _repair_alias(client, name, alias, kind)
+            source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+            mv = client.create_model_version(
+                name, source=source, run_id=run_id,
+                tags={**tags, "kind": kind, STATUS_TAG: PENDING})
+            if int(mv.version) > _alias_version(client, name, alias):  # forward only
+                client.set_registered_model_alias(name, alias, mv.version)
+            client.set_model_version_tag(name, mv.version, STATUS_TAG, PASSED)
+            return f"{name} v{mv.version}"
+
+        return self._safe("register bundle", _register)
+
     def keras_callback(self, prefix: str) -> keras.callbacks.Callback:
         return _EpochMetrics(self, prefix)
+
+
+# The registry's promise, kept through a kill at any point (tests/export/test_registry_kill.py):
+# the alias (`candidate`) points at a version only after that version's bundle was verified
+# and its artifacts logged, and never at an older version while a newer one is tagged
+# `verify_bundle=passed`. So a version is created `pending`, the alias moves (forward only),
+# and only then does the version become `passed`. A kill after the creation leaves a
+# `pending` version and the alias on the previous candidate; a kill after the alias move
+# leaves the candidate `pending`. The next registration of the model repairs both:
+# a pending candidate becomes `passed`, a pending version older than the candidate
+# `interrupted` (its bundle is complete but it never became the candidate).
+STATUS_TAG = "verify_bundle"
+PENDING, PASSED, INTERRUPTED = "pending", "passed", "interrupted"
+
+
+def _alias_version(client, name: str, alias: str) -> int:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return 0
+
+
+def _repair_alias(client, name: str, alias: str, kind: str) -> int:
+    """Completes what a killed registration left; returns the alias's version (0: none)."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    bundles = [mv for mv in versions if mv.tags.get("kind") == kind]
+    passed = [int(mv.version) for mv in bundles if mv.tags.get(STATUS_TAG) == PASSED]
+    candidate = _alias_version(client, name, alias)
+    if passed and max(passed) > candidate:  # a store written before this ordering
+        candidate = max(passed)
+        client.set_registered_model_alias(name, alias, str(candidate))
+    for mv in bundles:
+        if mv.tags.get(STATUS_TAG) != PENDING:
+            continue
+        if int(mv.version) == candidate:
+            client.set_model_version_tag(name, mv.version, STATUS_TAG, PASSED)
+        elif int(mv.version) < candidate:
+            client.set_model_version_tag(name, mv.version, STATUS_TAG, INTERRUPTED)
+    return candidate
+
+
+def mark_failed(uri: str, run_id: str) -> None:
+    """End run `run_id` FAILED if it is still RUNNING (its process was stopped before it
+    could); raises what MLflow raises."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "FAILED")
 
 
 class _EpochMetrics(keras.callbacks.Callback):

@@ -130,3 +130,45 @@ def test_private_keras_api_is_touched_only_in_keras_private():
                 offenders[str(path.relative_to(ROOT))] = uses
     assert not offenders, ("private Keras API outside kdl/backend/keras_private.py (add a "
                            f"function there, with the Keras version and a test): {offenders}")
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+TRACKING = ROOT / "pipelines" / "tracking.py"
+TRACKER_INTERNALS = {"client", "_client", "_safe", "_disable", "_experiment"}
+
+
+def _mlflow_uses(path: Path) -> list[str]:
+    """`import mlflow...` anywhere in the file, and `x.client` / `x._safe` (a tracker's
+    MLflow client and failure policy) on anything but `self`."""
+    found = [f"import {n}" for n in _imports(path, "pipelines")
+             if n == "mlflow" or n.startswith("mlflow.")]
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if (isinstance(node, ast.Attribute) and node.attr in TRACKER_INTERNALS
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.once
+def test_the_mlflow_scan_sees_each_kind_of_use(tmp_path):
+    for text in ("def f():\n    from mlflow.exceptions import MlflowException\n",
+                 "import mlflow\n", "def f(t):\n    return t.client.get_run('x')\n",
+                 "def f(tracker):\n    return tracker._safe('x', print)\n"):
+        probe = tmp_path / "probe.py"
+        probe.write_text(text)
+        assert _mlflow_uses(probe), text
+    probe.write_text("class T:\n    def f(self):\n        return self.client\n")
+    assert not _mlflow_uses(probe)
+
+
+@pytest.mark.once
+def test_tracking_is_the_only_mlflow_user():
+    """kdl/, pipelines/ and benchmarks/ reach MLflow only through pipelines/tracking.py
+    (its `Tracker` methods and functions): one place keeps the failure policy."""
+    offenders = {}
+    for d in SCANNED:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            if path != TRACKING and (uses := _mlflow_uses(path)):
+                offenders[str(path.relative_to(ROOT))] = uses
+    assert not offenders, f"MLflow used outside pipelines/tracking.py: {offenders}"

@@ -1,6 +1,6 @@
 """The registry stays consistent through a kill at any point of a bundle's registration.
 
-The promise (pipelines/mobile.py): `candidate` points only at a version whose
+The promise (pipelines/tracking.py, `PENDING`): `candidate` points only at a version whose
 bundle was verified and logged, and never at an older version while a newer
 one is tagged `verify_bundle=passed`. Each step below runs a real registration
 in a real subprocess on a real SQLite MLflow store, SIGKILLed at one point.

@@ -29,3 +29,19 @@ def test_stale_stage_runs_end_killed_and_work_dirs_go(tmp_path):
     assert client.get_run(stage).info.status == "KILLED"
     assert client.get_run(done).info.status == "FINISHED"
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.keras"]
+
+
+def test_a_stopped_launch_marks_its_running_run_failed(tmp_path):
+    """`launch` ends the run of a process it stopped FAILED (`tracking.mark_failed`), and
+    leaves a finished run alone."""
+    from pipelines.tracking import mark_failed
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("launch")
+    running, done = (client.create_run(exp).info.run_id for _ in range(2))
+    client.set_terminated(done, "FINISHED")
+    mark_failed(uri, running)
+    mark_failed(uri, done)
+    assert client.get_run(running).info.status == "FAILED"
+    assert client.get_run(done).info.status == "FINISHED"

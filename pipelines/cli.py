@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import importlib.util
 import os
 import signal
 import sys
@@ -104,6 +105,26 @@ def _error(message: str) -> int:
     return 2
 
 
+def missing_extra(module: str, extra: str, what: str, alternative: str = "") -> str | None:
+    """The one-line message when `what` needs `module` (from `pip install 'kdl[extra]'`)
+    and it is not importable; None when it is. Looked up, not imported (no start-up cost)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install or a blocked import
+        found = False
+    if found:
+        return None
+    return (f"{what} needs {module}, which is not installed: pip install 'kdl[{extra}]'"
+            + (f" (or {alternative})" if alternative else ""))
+
+
+def _tracking_missing(cfg) -> str | None:
+    if not cfg.tracking.enabled:
+        return None
+    return missing_extra("mlflow", "tracking", "tracking (tracking.enabled)",
+                         "--set tracking.enabled=false")
+
+
 def cmd_list() -> int:
     from kdl.export import FORMATS
     from kdl.registry import DATASETS, MODELS, SCHEDULES
@@ -147,6 +168,8 @@ def cmd_run(args) -> int:
     if stages:  # the recipe's rules, before any work; config.yaml records them (--resume)
         cfg = dataclasses.replace(cfg, stages=stages)
         validate(cfg)
+    if message := _tracking_missing(cfg):  # before any run directory or MLflow run
+        return _error(message)
     from kdl.backend.distribution import setup
 
     try:  # joins the other processes of a distributed run; before any other device use
@@ -222,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _error(f"--steps ({args.steps}) and --episodes ({args.episodes}) "
                               "must be >= 1")
 
+            if message := missing_extra("gymnasium", "rl", "cartpole"):
+                return _error(message)
             result = run_cartpole(args.out, steps=args.steps, seed=args.seed,
                                   episodes=args.episodes)
             return 0 if result["solved"] else 1
@@ -231,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.config import load_config
             from pipelines.tune import tune
 
-            tune(load_config(args.recipe, args.overrides), workers=args.workers,
+            cfg = load_config(args.recipe, args.overrides)
+            if message := (missing_extra("optuna", "tune", "tune")
+                           or _tracking_missing(cfg)):
+                return _error(message)
+            tune(cfg, workers=args.workers,
                  worker=args.worker, recipe=args.recipe, overrides=args.overrides)
             return 0
         if args.command == "tracking-server":
@@ -245,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.config import load_config
             from pipelines.launch import launch
 
-            load_config(args.recipe, args.overrides)  # bad input: one line, before any process
+            cfg = load_config(args.recipe, args.overrides)  # bad input: one line, first
+            if message := _tracking_missing(cfg):
+                return _error(message)
             return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":
             from pipelines import toolkit

@@ -321,6 +321,26 @@ def _is_float(tensor) -> bool:
     return not isinstance(tensor, keras.KerasTensor) or "float" in str(tensor.dtype)
 
 
+def functional_view(model: keras.Model) -> keras.Model:
+    """`model` as a Functional graph of its layers: a Functional model itself; a built
+    `keras.Sequential` (not a Functional on Keras 3.15) as `keras.Model(model.inputs,
+    model.outputs)` over the same layer objects (no copy, no new weights).
+
+    Raises:
+        ValueError: a subclassed model (no layer graph) or an unbuilt Sequential.
+    """
+    if keras_private.is_functional(model):
+        return model
+    if isinstance(model, keras.Sequential):
+        try:
+            inputs = model.inputs
+        except AttributeError:  # Keras: "has no defined inputs yet"
+            raise ValueError(f"Sequential model {model.name!r} is not built; start it with "
+                             "keras.Input(shape) or call model.build(input_shape)") from None
+        return keras.Model(inputs, model.outputs, name=model.name)
+    raise ValueError(f"{model.name!r} is a subclassed {type(model).__name__} (no layer graph)")
+
+
 def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
     """A fake-quantized clone of `model` (Functional or Sequential) for QAT.
 
@@ -341,9 +361,10 @@ def quantize_aware(model: keras.Model, momentum: float = 0.99) -> keras.Model:
     float_model = strip_quantization(qat, model)  # convert this one to int8
     ```
     """
-    if not keras_private.is_functional(model):  # Sequential models are Functional too
-        raise ValueError(f"quantize_aware needs a Functional or Sequential model; "
-                         f"{model.name!r} is a subclassed {type(model).__name__}")
+    try:
+        model = functional_view(model)
+    except ValueError as e:
+        raise ValueError(f"quantize_aware needs a Functional or Sequential model: {e}") from None
     refused = [la.name for la in model.layers if isinstance(la, NOT_COVERED)]
     if refused:
         raise ValueError(

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from kdl.backend import keras_private
+from kdl.compress.qat import functional_view
 from kdl.compress.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
 WORKER = Path(__file__).with_name("_tfmot_worker.py")
@@ -39,10 +40,11 @@ class TfmotEngineError(ValueError):
 
 
 def _check_model(model: keras.Model) -> list[keras.layers.Layer]:
-    if not keras_private.is_functional(model):
-        raise TfmotEngineError(f"the tfmot engine needs a Functional or Sequential model; "
-                               f"{model.name!r} is a subclassed {type(model).__name__}. "
-                               "Use engine 'native'.")
+    try:
+        model = functional_view(model)
+    except ValueError as e:
+        raise TfmotEngineError(f"the tfmot engine needs a Functional or Sequential model: {e}. "
+                               "Use engine 'native' for a subclassed model.") from None
     layers = [la for la in model.layers if not isinstance(la, keras.layers.InputLayer)]
     for layer in layers:
         cls = type(layer)

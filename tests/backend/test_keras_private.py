@@ -26,7 +26,7 @@ def test_checked_on_names_the_installed_keras_or_says_it_moved():
 def test_graph_walk():
     model = _model()
     assert kp.is_functional(model)
-    # Keras 3.15: a Sequential is not a Functional (QAT and the tfmot engine refuse it)
+    # Keras 3.15: a Sequential is not a Functional (QAT and tfmot take its functional view)
     assert not kp.is_functional(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))
 
     class Sub(keras.Model):

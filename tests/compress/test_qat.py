@@ -187,3 +187,40 @@ def test_token_ids_and_masks_are_not_fake_quantized(name):
     want = keras.ops.convert_to_numpy(model(ids))
     got = keras.ops.convert_to_numpy(qat(ids))
     assert np.all(np.isfinite(got)) and np.abs(got - want).max() < 0.05
+
+
+def test_a_sequential_model_goes_through_qat():
+    """A `keras.Sequential` (not a Functional on Keras 3.15) is quantized through its
+    functional view: the same quantizers and outputs as the same layers built Functional,
+    it trains, and strips back to a Sequential. An unbuilt one and a subclassed model are
+    refused with what to do."""
+    keras.utils.set_random_seed(0)
+    seq = keras.Sequential([keras.Input((4,)),
+                            keras.layers.Dense(6, activation="relu", name="hidden"),
+                            keras.layers.Dense(3, activation="softmax", name="head")], name="seq")
+    inp = x = keras.Input((4,))
+    for layer in seq.layers:  # the same layers, Functional, with the same weights
+        x = layer.__class__.from_config(layer.get_config())(x)
+    func = keras.Model(inp, x, name="func")
+    func.set_weights(seq.get_weights())
+    qs, qf = quantize_aware(seq), quantize_aware(func)
+    assert [q.name for q in quantizers(qs)] == [q.name for q in quantizers(qf)] == [
+        "hidden_input_quant", "hidden_quant", "head_logits_quant", "head_quant"]
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    calibrate(qs, x), calibrate(qf, x)
+    np.testing.assert_allclose(qs.predict(x, verbose=0), qf.predict(x, verbose=0), atol=1e-6)
+    qs.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    before = keras.ops.convert_to_numpy(qs.get_layer("hidden").kernel).copy()
+    qs.fit(x, np.arange(32) % 3, epochs=1, batch_size=32, verbose=0)
+    assert not np.allclose(before, keras.ops.convert_to_numpy(qs.get_layer("hidden").kernel))
+    stripped = strip_quantization(qs, seq)
+    assert isinstance(stripped, keras.Sequential)
+    with pytest.raises(ValueError, match="'unbuilt' is not built; start it with keras.Input"):
+        quantize_aware(keras.Sequential([keras.layers.Dense(2)], name="unbuilt"))
+
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="is a subclassed Sub"):
+        quantize_aware(Sub(name="sub"))

@@ -116,3 +116,14 @@ def test_tfmot_prune_preserving_qat_keeps_the_zeros(data, tmp_path):
                                  for s, m in pruned.items()}
     assert all(v == 0 for v in zeros_moved[True].values()), zeros_moved
     assert sum(zeros_moved[False].values()) > 0, zeros_moved  # the check can see a loss
+
+
+def test_a_sequential_chain_is_taken():
+    """A `keras.Sequential` (not a Functional on Keras 3.15) gives the spec of the same
+    chain built Functional; an unbuilt one is refused with what to do."""
+    func = chain_model()
+    seq = keras.Sequential([keras.Input((8, 8, 1))] + [
+        la.__class__.from_config(la.get_config()) for la in func.layers[1:]])
+    assert model_spec(seq) == model_spec(func)
+    with pytest.raises(TfmotEngineError, match="not built; start it with keras.Input"):
+        model_spec(keras.Sequential([keras.layers.Dense(2)]))

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.once  # the CLI in its own process: backend-independent here
 
 
-def run_cli(tmp_path, *args, backend="tensorflow"):
+def run_cli(tmp_path, *args, backend="tensorflow", pythonpath=()):
     out, db = tmp_path / "out", tmp_path / "mlflow.db"
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "KERAS_BACKEND": backend,
+           "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)])}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI's own default must hide the noise
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines", "run", *args, "--set", f"output_dir={out}",
@@ -96,3 +97,32 @@ def test_read_only_and_full_output_disks_are_one_line(tmp_path, tmpfs, options, 
     assert_one_line_error(proc, message, str(where))
     if "space" in message:
         assert "bytes free on" in proc.stderr
+
+
+BLOCK = """import sys
+
+
+class _Block:  # this interpreter has no {name}: `pip install kdl` without the extra
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "{name}" or fullname.startswith("{name}."):
+            raise ModuleNotFoundError(f"No module named {{fullname!r}}", name=fullname)
+
+
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_a_missing_extra_is_named_before_any_run(tmp_path):
+    """Tracking on, MLflow not installed (its import blocked by a sitecustomize in the
+    subprocess): one line naming the extra and the switch, before any file or run."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(BLOCK.format(name="mlflow"))
+    env = {**os.environ, "PYTHONPATH": f"{block}{os.pathsep}{ROOT}"}
+    probe = subprocess.run([sys.executable, "-c", "import mlflow"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 1 and "No module named 'mlflow'" in probe.stderr  # blocked
+    proc, out, db = run_cli(tmp_path, "iris_mlp", pythonpath=[block])
+    assert_one_line_error(proc, "tracking (tracking.enabled) needs mlflow",
+                          "pip install 'kdl[tracking]'", "--set tracking.enabled=false")
+    assert not out.exists() and not db.exists()

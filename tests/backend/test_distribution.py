@@ -28,8 +28,10 @@ MP = {"kind": "model_parallel", "devices": 2, "mesh": {"batch": 1, "model": 2},
 
 def _train(backend: str, runs: list[dict], tmp_path) -> dict:
     out = tmp_path / f"{backend}.npz"
+    # the device count added to the caller's XLA flags (make test's fast-compile ones)
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+           "XLA_FLAGS": flags.strip(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, str(ROOT / "tests/backend/distributed_worker.py"),
                            str(out), json.dumps(runs)], env=env, capture_output=True,
                           text=True, timeout=600)

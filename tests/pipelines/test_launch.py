@@ -34,7 +34,9 @@ def _cli(backend: str, args: list[str], store: dict, experiment: str) -> str:
         cmd += ["--set", s]
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT),
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("XLA_FLAGS", None)  # one device per process
+    # one device per process; make test's fast-compile XLA flags kept
+    env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout

@@ -31,7 +31,7 @@ def _cli(args, tmp_path, timeout=900):
                           text=True, timeout=timeout, cwd=tmp_path)
 
 
-FAST = ["train.epochs=3", "model.preset=tiny", "model.params={model_dim: 16, mlp_dim: 32}",
+FAST = ["train.epochs=10", "model.preset=tiny", "model.params={model_dim: 16, mlp_dim: 32}",
         "tokenizer.vocab_size=300", "tokenizer.sequence_length=16", "train.verbose=0",
         "export.formats=[tflite_fp32,tflite_dynamic]"]
 
@@ -130,6 +130,7 @@ def test_the_recipe_loads_and_text_config_is_checked():
 def test_bert_family_fine_tuned_from_a_local_kerashub_preset(tmp_path, arch):
     """A tiny pretrained checkpoint written here in KerasHub's preset layout (backbone +
     tokenizer), fine-tuned with a kdl head; the bundle's tokenizer is the preset's."""
+    import keras
     import keras_hub
 
     from kdl.data.tokenizers import fit_tokenizer
@@ -147,25 +148,27 @@ def test_bert_family_fine_tuned_from_a_local_kerashub_preset(tmp_path, arch):
     tok_cls = {"bert": keras_hub.tokenizers.BertTokenizer,
                "distil_bert": keras_hub.tokenizers.DistilBertTokenizer}[arch]
     tok_cls(vocabulary=vocab, lowercase=True).save_to_preset(str(preset))
-    weights = backbone.get_layer("token_embedding").get_weights()[0]
+    weights = keras.ops.convert_to_numpy(backbone.token_embedding.embeddings)
 
     cfg = load_config("reviews_transformer", [
         f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
         "model.name=bert_classifier", "model.preset=tiny",
         f"model.params={{backbone: {arch}, checkpoint: {preset}}}",
         f"tokenizer.preset={preset}", "tokenizer.sequence_length=24",
-        "tokenizer.start_token=[CLS]", "tokenizer.end_token=[SEP]", "train.epochs=3",
-        "train.verbose=0", "train.learning_rate=0.001", "data.params={n: 900}"])
+        "tokenizer.start_token='[CLS]'", "tokenizer.end_token='[SEP]'", "train.epochs=10",
+        "train.verbose=0", "train.learning_rate=0.003", "data.params={n: 900}",
+        # full int8 of KerasHub's BERT fails the gate (accuracy drop 3.7 / 12.6 pt, seen
+        # 2026-11-29; docs/text.md): the backbone ships fp32 + dynamic range
+        "export.formats=[tflite_fp32, tflite_dynamic]"])
     run_dir, results, _ = run_pipeline(cfg, log=lambda *_: None)
     assert results["train"]["test_accuracy"] > 0.5  # three classes: chance is 1/3
     assert verify_bundle(run_dir / "bundle")[0] == 0
     contract = json.loads((run_dir / "bundle" / "contract.json").read_text())
     tok = contract["preprocessing"]["tokenizer"]
     assert tok["start_token"] == "[CLS]" and tok["vocab_size"] == len(vocab)
-    # the fine-tuned embeddings started from the checkpoint's (moved, but close)
-    import keras
-
+    # the fine-tuned embeddings started from the checkpoint's: 10 epochs move them (r 0.47
+    # for both archs, 2026-11-29), a fresh initialisation would give r ~ 0 (sd ~0.015)
     model = keras.saving.load_model(run_dir / "model.keras")
     hub = next(layer for layer in model.layers if isinstance(layer, cls))
-    tuned = hub.get_layer("token_embedding").get_weights()[0]
-    assert np.corrcoef(tuned.ravel(), weights.ravel())[0, 1] > 0.9
+    tuned = keras.ops.convert_to_numpy(hub.token_embedding.embeddings)
+    assert np.corrcoef(tuned.ravel(), weights.ravel())[0, 1] > 0.3

@@ -109,7 +109,8 @@ def _v3(family, app):
     def build(input_shape, num_outputs, *, task="classification", alpha=1.0,
               minimalistic=False, weights=None, dropout=0.2, bn_momentum=None):
         return _build(family, app, input_shape, num_outputs, task, weights, dropout,
-                      bn_momentum, alpha=alpha, minimalistic=minimalistic, include_preprocessing=True)
+                      bn_momentum, alpha=alpha, minimalistic=minimalistic,
+                      include_preprocessing=True)
 
     build.__doc__ = (f"{app.__name__} (keras.applications, `alpha`, `minimalistic`) + head; "
                      "takes pixels in [0, 255].")

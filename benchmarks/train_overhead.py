@@ -183,6 +183,9 @@ def main() -> None:
     parser.add_argument("--recipe", default="digits_cnn")
     parser.add_argument("--tf-data", action="store_true",
                         help="the bare arm feeds tf.data on every backend (kdl's old feed)")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="PyTorch: also time the kdl loop with jit_compile=True "
+                             "(torch.compile), warmed up like every arm")
     parser.add_argument("--thread-sweep", action="store_true",
                         help="PyTorch: also time the kdl loop at 1 thread and at every core")
     args = parser.parse_args()
@@ -212,7 +215,11 @@ def main() -> None:
         val_ds = make_tf_dataset(splits.val, batch)
     else:
         train_ds, val_ds = training.train_and_val(splits, batch, cfg.train.seed)
+    compiled = backend == "torch" and args.torch_compile
     models = {name: fresh_model() for name in ("bare", "numpy", "kdl")}
+    if compiled:
+        models["kdl compiled"] = fresh_model()
+        models["kdl compiled"].jit_compile = True  # the train function is made at first fit
     tracker = Tracker(cfg.tracking, "bench")
     tracker.start("kdl-loop", {})
     log_cb = tracker.keras_callback("train/")
@@ -239,6 +246,12 @@ def main() -> None:
 
     arms = {"bare": clocked(bare), "numpy": clocked(numpy_arrays), "kdl": clocked(kdl_loop),
             "torch": lambda: torch_epochs(args.epochs)}
+    if compiled:
+        def kdl_compiled(before, after):
+            training.fit(models["kdl compiled"], splits, timed, batch,
+                         callbacks=[*before, log_cb, *after])
+
+        arms["kdl compiled"] = clocked(kdl_compiled)
     sweep = backend == "torch" and args.thread_sweep
     if sweep:
         import torch
@@ -272,6 +285,9 @@ def main() -> None:
     rows = [("kdl loop / bare model.fit", ratios("kdl", "bare")),
             ("kdl feed / NumPy arrays", ratios("bare", "numpy")),
             ("kdl / plain PyTorch loop", ratios("kdl", "torch"))]
+    if compiled:
+        rows += [("kdl torch.compile / kdl eager", ratios("kdl compiled", "kdl")),
+                 ("kdl torch.compile / plain loop", ratios("kdl compiled", "torch"))]
     if sweep:
         rows.append((f"kdl 1 thread / {cores} threads",
                      ratios("kdl 1 thread", f"kdl {cores} threads")))

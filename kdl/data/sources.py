@@ -259,7 +259,7 @@ def image_csv(path: str | None = None, image_size=(64, 64), color: str = "rgb",
 
 
 @DATASETS.register("shapes", task="classification", input="image files", files=True)
-def shapes(per_class: int = 300, classes: int = 5, seed: int = 0, image_size=(64, 64),
+def shapes(per_class: int = 1000, classes: int = 5, seed: int = 0, image_size=(64, 64),
            color: str = "rgb", resize: str = "bilinear", fit: str = "stretch"):
     """Generated shapes on photo textures, written as PNG/JPEG class folders, streamed."""
     from kdl.data.images import image_folder_files

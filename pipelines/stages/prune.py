@@ -33,12 +33,29 @@ from pipelines.stages.common import (
 
 
 def make_schedule(cfg, total_steps: int):
+    """The configured schedule over `total_steps` fine-tuning steps (numbered from 1).
+
+    A schedule prunes at `begin_step + k * frequency`; step 0 never runs, so with
+    `begin_step: 0` the first pruning step is `frequency`. Refuses (ConfigError) a
+    schedule whose final sparsity would not be applied within the steps.
+    """
     p = cfg.prune
+    first = p.begin_step if p.begin_step >= 1 else p.frequency  # first step that prunes
+    if first > total_steps:
+        raise ConfigError(f"prune: the first pruning step is {first} (prune.begin_step="
+                          f"{p.begin_step}, prune.frequency={p.frequency}) but the fine-tuning "
+                          f"has only {total_steps} steps (prune.epochs={p.epochs}): it needs at "
+                          f"least {first} steps; raise prune.epochs or lower prune.frequency")
     if p.end_step is None:  # 70% of the steps, on a pruning step so the target is applied
         end = p.begin_step + (max(0, int(0.7 * total_steps) - p.begin_step)
                               // p.frequency) * p.frequency
+        end = max(end, first)  # few steps: the target at the first pruning step
     else:
         end = p.end_step
+        if end < first:
+            raise ConfigError(f"prune.end_step ({end}) is before the first pruning step "
+                              f"({first}): the final sparsity would never be applied. Set "
+                              f"prune.end_step >= {first}")
     if p.schedule == "polynomial_decay" and (end - p.begin_step) % p.frequency:
         raise ConfigError(f"prune.end_step - prune.begin_step ({end - p.begin_step}) is not a "
                           f"multiple of prune.frequency ({p.frequency}): the last pruning step "

@@ -68,6 +68,44 @@ def test_schedule_ending_after_training_fails_before_training(tmp_path):
         prune.run(ctx)
 
 
+@pytest.mark.once
+def test_prune_schedule_with_fewer_steps_than_the_frequency_reaches_or_refuses():
+    """Steps count from 1: with begin_step 0 the first pruning step is the frequency. 70% of
+    12 steps is 8, before it: the target goes to step 10 (it was end_step 0: never pruned)."""
+    from pipelines.stages.prune import make_schedule
+
+    cfg = load_config("digits_cnn", FAST + ["prune.frequency=10", "prune.final_sparsity=0.5"])
+    schedule = make_schedule(cfg, 12)
+    assert schedule.end_step == 10 and schedule(10) == (True, 0.5)
+    assert not any(schedule(s)[0] for s in range(1, 10))
+    with pytest.raises(ConfigError, match=r"only 3 steps \(prune.epochs=2\): it needs at "
+                                          r"least 10 steps; raise prune.epochs or lower"):
+        make_schedule(cfg, 3)
+    cfg = load_config("digits_cnn", FAST + ["prune.frequency=10", "prune.end_step=0"])
+    with pytest.raises(ConfigError, match=r"prune.end_step \(0\) is before the first pruning "
+                                          r"step \(10\)"):
+        make_schedule(cfg, 100)
+
+
+def test_prune_stage_with_one_pruning_step_reaches_the_target(tmp_path):
+    """One epoch whose only pruning step is its last batch (frequency = steps per epoch): the
+    stage's gate passes at the target (it failed at 0.000 sparsity)."""
+    import math
+
+    from pipelines.stages import prune
+
+    (tmp_path / "a").mkdir()
+    steps = math.ceil(len(_ctx(tmp_path / "a", []).splits().train) / 64)  # digits_cnn: 64
+    ctx = _ctx(tmp_path, ["prune.epochs=1", f"prune.frequency={steps}",
+                          "prune.final_sparsity=0.5"])
+    keras.utils.set_random_seed(0)
+    keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                      keras.layers.Dense(10, activation="softmax", name="dense")]).save(
+        ctx.run_dir / "model.keras")
+    summary = prune.run(ctx)
+    assert summary["pruned_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
 def _gru_run(tmp_path):
     """A stage context whose model.keras reads the 8x8 digits as 8 steps of 8 through a GRU."""
     ctx = _ctx(tmp_path, ["prune.final_sparsity=0.8"])

@@ -70,7 +70,7 @@ def test_shapes_mobilenet_recipe_end_to_end(tmp_path, capsys):
             "--set", f"output_dir={tmp_path / 'runs'}",
             "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "--set", "data.image_size=[48,48]", "--set", "train.epochs=2",
-            "--set", "prune.epochs=1", "--set", "bench.budget_s=0.2",
+            "--set", "prune.epochs=1", "--set", "prune.frequency=1", "--set", "bench.budget_s=0.2",
             "--set", "bench.min_reps=5", "--set", "bench.batch=0", "--set", "data.cache=true"]
     assert main(argv) == 0
     (run_dir,) = (tmp_path / "runs" / "shapes_mobilenet").iterdir()

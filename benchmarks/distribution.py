@@ -17,6 +17,13 @@ weight difference (must be < 1e-5 on float32).
 
     KERAS_BACKEND=jax python -m benchmarks.distribution            # simulated, CPU
     KERAS_BACKEND=jax python -m benchmarks.distribution --real     # GPUs/TPUs
+    KERAS_BACKEND=jax python -m benchmarks.distribution --real --dry  # that path, on a CPU
+
+`--dry` runs the `--real` code path (timing and the equivalence check) on two
+simulated CPU devices with tiny sizes: a check that the GPU check script
+(benchmarks/gpu_check.sh) works before an accelerator machine is spent on it.
+Steps/s are given as the median and the interquartile range over the rounds;
+the overhead as the median of the per-round differences with its quartiles.
 """
 
 from __future__ import annotations
@@ -28,6 +35,14 @@ import sys
 import time
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """First quartile, median, third quartile (the median alone below 2 values)."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--real", action="store_true", help="use the machine's own devices")
@@ -35,8 +50,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--width", type=int, default=512)
+    p.add_argument("--dry", action="store_true",
+                   help="the --real path on 2 simulated CPU devices, tiny sizes")
     args = p.parse_args(argv)
-    if not args.real:
+    if args.dry:
+        args.real, args.reps, args.steps, args.batch, args.width = True, 2, 4, 32, 16
+    if not args.real or args.dry:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_force_host_platform_device_count=2")
     import keras
@@ -45,7 +64,7 @@ def main(argv=None) -> int:
     from kdl.backend.distribution import setup
     from kdl.config import DistributionConfig
 
-    devices = 2 if not args.real else "all"
+    devices = 2 if not args.real or args.dry else "all"
     dist = setup(DistributionConfig(kind="data_parallel", devices=devices))
     none = setup(DistributionConfig())
     n = len(dist.devices)
@@ -53,7 +72,7 @@ def main(argv=None) -> int:
     x = rng.normal(size=(args.steps * args.batch, 64)).astype("float32")
     y = rng.integers(0, 10, size=len(x)).astype("int32")
 
-    def build(d):
+    def build(d, b):  # compiled and warmed up at its own batch size
         with d.scope():
             keras.utils.set_random_seed(0)
             m = keras.Sequential([keras.Input((64,)),
@@ -61,12 +80,12 @@ def main(argv=None) -> int:
                                   keras.layers.Dense(args.width, activation="relu"),
                                   keras.layers.Dense(10)])
             m.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
-            m.fit(x[:args.batch * 2], y[:args.batch * 2], batch_size=args.batch, verbose=0)
+            m.fit(x[:b * 2], y[:b * 2], batch_size=b, verbose=0)
         return m
 
     configs = {"one@B": (none, args.batch), f"one@B/{n}": (none, args.batch // n),
                f"dp{n}@B": (dist, args.batch)}
-    models = {k: build(d) for k, (d, _) in configs.items()}
+    models = {k: build(d, b) for k, (d, b) in configs.items()}
     times: dict[str, list[float]] = {k: [] for k in configs}
     for _ in range(args.reps):
         for k, (d, b) in configs.items():
@@ -76,24 +95,31 @@ def main(argv=None) -> int:
                 models[k].fit(x[:steps * b], y[:steps * b], batch_size=b, epochs=1, verbose=0,
                               shuffle=False)
                 times[k].append((time.perf_counter() - start) / steps)
-    print(f"backend {keras.backend.backend()}, {n} devices ({'real' if args.real else 'simulated'}"
+    if n < 2:
+        print(f"only {n} device here: nothing to compare (use the simulated mode on a CPU)")
+        return 1
+    real = args.real and not args.dry
+    print(f"backend {keras.backend.backend()}, {n} devices ({'real' if real else 'simulated'}"
           f": {', '.join(dist.devices)}), MLP 64-{args.width}-{args.width}-10, batch {args.batch},"
           f" {args.steps} steps x {args.reps} interleaved rounds")
-    print(f"{'config':<10} {'steps/s median':>15} {'min..max':>18}")
+    print(f"{'config':<10} {'steps/s median':>15} {'IQR':>18} {'min..max':>18}")
     for k, ts in times.items():
         rates = [1 / t for t in ts]
-        print(f"{k:<10} {statistics.median(rates):>15.1f} "
+        q1, _, q3 = quartiles(rates)
+        print(f"{k:<10} {statistics.median(rates):>15.1f} {q1:>8.1f}..{q3:<8.1f} "
               f"{min(rates):>8.1f}..{max(rates):<8.1f}")
     base, half, dp = (statistics.median(times[k]) for k in configs)
     over = [a - b for a, b in zip(times[f"dp{n}@B"], times[f"one@B/{n}"], strict=True)]
+    q1, med, q3 = quartiles(over)
     print(f"speed-up dp{n}@B vs one@B: {base / dp:.2f}x; communication overhead per step: "
-          f"{statistics.median(over) * 1e3:.2f} ms (min {min(over) * 1e3:.2f}, "
-          f"max {max(over) * 1e3:.2f}) over a device's own {half * 1e3:.2f} ms")
+          f"median {med * 1e3:.2f} ms (IQR {q1 * 1e3:.2f}..{q3 * 1e3:.2f}, min "
+          f"{min(over) * 1e3:.2f}, max {max(over) * 1e3:.2f}) over a device's own "
+          f"{half * 1e3:.2f} ms")
     if args.real:  # the equivalence check on real devices
         w = {}
         for k in ("one@B", f"dp{n}@B"):
             d = configs[k][0]
-            m = build(d)
+            m = build(d, args.batch)
             with d.scope():
                 m.fit(x[:20 * args.batch], y[:20 * args.batch], batch_size=args.batch,
                       verbose=0, shuffle=False)

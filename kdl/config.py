@@ -28,6 +28,7 @@ import kdl.data  # noqa: F401  (registers datasets)
 import kdl.models  # noqa: F401  (registers models)
 import kdl.schedules  # noqa: F401  (registers schedules)
 from kdl.backend.distribution import check_config as check_distribution
+from kdl.backend.distribution import resume_refusal
 from kdl.data import DataError
 from kdl.data.augment import check_augment
 from kdl.data.sources import IMAGE_OPTIONS
@@ -447,10 +448,8 @@ def _check_distribution(train: TrainConfig, batch_size: int) -> None:
     message = check_distribution(train.distribution, batch_size)
     if message:
         raise ConfigError(message)
-    if train.distribution.kind != "none" and train.checkpoint:
-        raise ConfigError("train.checkpoint (resume) is not supported under "
-                          "train.distribution yet: set train.checkpoint=false or "
-                          "train.distribution.kind=none")
+    if train.checkpoint and (message := resume_refusal(train.distribution)):
+        raise ConfigError(message)
     if train.distribution.kind != "none" and train.transfer.phases:
         raise ConfigError("train.distribution covers one fit: train.transfer.phases are not "
                           "distributed; set train.distribution.kind=none or drop the phases")

@@ -140,6 +140,9 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         self._inner: list = []  # one optimizer per non-frozen group, made in build
         self._scales: list[float] = []  # their learning-rate scales
         self._group_of: dict = {}  # variable key -> index into self._inner (None: frozen)
+        # Called with each per-group optimizer when it is made (a distribution adapts
+        # its clipping there: kdl.backend.distribution.adapt_optimizer).
+        self.adapt_inner = None
 
     def _group_index(self, variable) -> int | None:
         keys = _path_tails(variable.path)
@@ -180,6 +183,8 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
                     group_of[self._var_key(v)] = None
                 continue
             opt = self._make(scale)
+            if self.adapt_inner is not None:
+                self.adapt_inner(opt)
             opt.build(members)
             for v in members:
                 group_of[self._var_key(v)] = len(inner)
@@ -221,10 +226,7 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
             if not self.built:
                 self.build(trainable_variables)
         if self._global_clipnorm:
-            present = [g for g in grads if g is not None]
-            norm = keras.ops.sqrt(sum(keras.ops.sum(keras.ops.square(g)) for g in present))
-            factor = keras.ops.minimum(1.0, self._global_clipnorm / keras.ops.maximum(norm, 1e-12))
-            grads = [g if g is None else g * keras.ops.cast(factor, g.dtype) for g in grads]
+            grads = self.clip_global_norm(grads)
         per_group = [([], []) for _ in self._inner]
         for g, v in zip(grads, trainable_variables, strict=True):
             key = self._var_key(v)
@@ -239,6 +241,13 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
             if gs:
                 opt.apply(gs, vs)
         self._iterations.assign_add(1)
+
+    def clip_global_norm(self, grads: list) -> list:
+        """`grads` scaled so that their joint norm is at most `global_clipnorm`."""
+        present = [g for g in grads if g is not None]
+        norm = keras.ops.sqrt(sum(keras.ops.sum(keras.ops.square(g)) for g in present))
+        factor = keras.ops.minimum(1.0, self._global_clipnorm / keras.ops.maximum(norm, 1e-12))
+        return [g if g is None else g * keras.ops.cast(factor, g.dtype) for g in grads]
 
     @property
     def learning_rate(self):

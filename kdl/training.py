@@ -71,8 +71,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
         opt = keras.optimizers.RMSprop(lr, **clip)
     if cfg.param_groups:  # discriminative rates: one copy of the optimizer per group
         opt = GroupedOptimizer(opt, [dataclasses.asdict(g) for g in cfg.param_groups])
-    elif distribution.active() is not None:
-        distribution.clip_after_all_reduce(opt)
+    if distribution.active() is not None:
+        distribution.adapt_optimizer(opt)
     return opt
 
 
@@ -168,7 +168,9 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
             model, splits.train.x, splits.train.y, epochs=cfg.epochs, batch_size=batch_size,
             directory=checkpoint_dir, seed=cfg.seed, every_n_steps=cfg.checkpoint_every_steps,
             validation_data=val_ds, callbacks=[c for c in cbs if c is not stopper],
-            early_stopping=stopper, verbose=cfg.verbose)
+            early_stopping=stopper, verbose=cfg.verbose, drop_remainder=drop,
+            on_restore=None if dist is None else lambda m: distribution.adapt_optimizer(
+                m.optimizer))
     else:
         hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=cbs,
                          shuffle=False,  # train_ds shuffles itself, seeded

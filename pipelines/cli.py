@@ -275,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
             except ServerError as e:
                 return _error(str(e))
         if args.command == "launch":
+            from kdl.backend.distribution import resume_refusal
             from pipelines.config import load_config
             from pipelines.launch import launch
 
             cfg = load_config(args.recipe, args.overrides)  # bad input: one line, first
-            if message := _tracking_missing(cfg):
+            if message := (_tracking_missing(cfg) or (cfg.train.checkpoint and resume_refusal(
+                    cfg.train.distribution, args.processes))):
                 return _error(message)
             return launch(args.recipe, args.overrides, args.processes, args.stages)
         if args.command == "lr-find":

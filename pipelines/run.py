@@ -140,9 +140,13 @@ def continue_run(run_dir: Path, stages: list[str] | None = None, overrides: list
     """
     cfg, run_dir, parent = reopen(run_dir, overrides)
     stages = stages or cfg.stages
-    state = {"resume": True} if resume else {}
+    state: dict[str, Any] = {"resume": True} if resume else {}
     if resume and "train" in stages:  # fail before any work when there is nothing to resume
         toolkit.checkpoint_dir(Context(cfg, run_dir, None, state=state))
+    if "train" in stages:  # the checkpoint is loaded inside the run's distribution scope
+        from kdl.backend import distribution
+
+        state["distribution"] = distribution.setup(cfg.train.distribution)
     tracker = Tracker(cfg.tracking, cfg.name)
     close_stale(run_dir, tracker, parent, log)
     if resume:

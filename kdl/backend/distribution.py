@@ -92,6 +92,18 @@ def check_config(d, batch_size: int, backend: str | None = None) -> str | None:
     return None
 
 
+def resume_refusal(d, processes: int | None = None) -> str | None:
+    """Why `train.checkpoint` (resume) cannot run under `d` with `processes` (default:
+    the configured or environment's count), or None: one process only."""
+    count = processes if processes is not None else process_env(d)[1]
+    if d.kind == "none" or count == 1:
+        return None
+    return (f"train.checkpoint (resume) runs in one process, not {count}: resumable "
+            "training feeds a keras PyDataset, which Keras does not shard across processes "
+            "(and each process would write the checkpoint); set train.checkpoint=false or "
+            "train on one process")
+
+
 # ----------------------------------------------------------------------------- processes
 
 
@@ -236,6 +248,28 @@ def keep_epoch_order(model: keras.Model, batch) -> None:
     keras_private.set_symbolic_build(model, build_from_batch)
 
 
+def adapt_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
+    """Make `optimizer` update under the active distribution as it does on one device.
+
+    TensorFlow: its clipping moves after the all-reduce (`clip_after_all_reduce`),
+    for a `kdl.optimizers.GroupedOptimizer` in each per-group optimizer and in its
+    own `global_clipnorm`. Call it again on an optimizer restored from a
+    checkpoint (a saved optimizer does not carry this). JAX needs nothing: its
+    gradients are those of the global batch.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    if hasattr(optimizer, "adapt_inner"):  # GroupedOptimizer: one optimizer per group
+        optimizer.adapt_inner = clip_after_all_reduce
+        for inner in optimizer.inner_optimizers:  # already built (a restored one)
+            clip_after_all_reduce(inner)
+        if not getattr(optimizer.clip_global_norm, "kdl_all_reduced", False):
+            optimizer.clip_global_norm = _all_reduced(optimizer.clip_global_norm)
+        return
+    clip_after_all_reduce(optimizer)
+
+
 def clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
     """TensorFlow: clip the summed gradient, not each replica's share of it.
 
@@ -252,9 +286,14 @@ def clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
     if keras.backend.backend() != "tensorflow" or not any(
             getattr(optimizer, k, None) for k in ("clipnorm", "clipvalue", "global_clipnorm")):
         return
-    import tensorflow as tf
-
     clip = keras_private.clip_gradients(optimizer)
+    if not getattr(clip, "kdl_all_reduced", False):
+        keras_private.set_clip_gradients(optimizer, _all_reduced(clip))
+
+
+def _all_reduced(clip):
+    """`clip` applied to the replicas' summed gradients; each replica gets its share back."""
+    import tensorflow as tf
 
     def clip_global(grads):
         ctx = tf.distribute.get_replica_context()
@@ -268,7 +307,8 @@ def clip_after_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
             out[i] = g / ctx.num_replicas_in_sync
         return out
 
-    keras_private.set_clip_gradients(optimizer, clip_global)
+    clip_global.kdl_all_reduced = True
+    return clip_global
 
 
 def active() -> Distributed | None:

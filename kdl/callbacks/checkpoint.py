@@ -45,13 +45,15 @@ class EpochShuffledData(keras.utils.PyDataset):
         seed: base seed of the per-epoch permutations.
         shuffle: False keeps the stored order.
         start_batch: skip this many batches (used once, to finish a part-done epoch).
+        drop_remainder: leave out the last, smaller batch (JAX data parallel splits
+            every batch evenly over its devices).
 
     Call `data.set_epoch(e)` before epoch `e` (`data.callback()` does it
     inside `fit`).
     """
 
     def __init__(self, x, y, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 start_batch: int = 0):
+                 start_batch: int = 0, drop_remainder: bool = False):
         super().__init__(workers=1, use_multiprocessing=False)
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
@@ -60,6 +62,7 @@ class EpochShuffledData(keras.utils.PyDataset):
         self.seed = int(seed)
         self.shuffle = shuffle
         self.start_batch = int(start_batch)
+        self.drop_remainder = drop_remainder
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,7 +73,8 @@ class EpochShuffledData(keras.utils.PyDataset):
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        rounding = math.floor if self.drop_remainder else math.ceil
+        return rounding(len(self.x) / self.batch_size)
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch
@@ -273,7 +277,8 @@ def load_checkpoint(directory: str | Path, apply_backend_rng: bool = True
 def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
                   directory: str | Path, seed: int = 0, every_n_steps: int | None = None,
                   validation_data=None, callbacks=(), early_stopping=None, verbose=0,
-                  keep: int = 2) -> tuple[keras.Model, dict]:
+                  keep: int = 2, drop_remainder: bool = False,
+                  on_restore=None) -> tuple[keras.Model, dict]:
     """`model.fit` with checkpoints; continues from the latest one in `directory`.
 
     Args:
@@ -285,6 +290,14 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
         every_n_steps: checkpoint also every N steps.
         validation_data, callbacks, verbose: as in `model.fit`.
         early_stopping: an `EarlyStopping` callback to run and checkpoint.
+        drop_remainder: leave out each epoch's last, smaller batch.
+        on_restore: called with the restored model before it trains (to adapt what
+            a saved model does not carry, e.g. its optimizer under a distribution).
+
+    Under a distribution (`keras.distribution` on JAX, a `tf.distribute`
+    strategy), call this inside its scope: a restored model is loaded there,
+    so its variables are laid out (replicated, sharded, mirrored) as the
+    original's were.
 
     Returns:
         `(model, history)`: the trained model (a new object when resumed) and
@@ -294,9 +307,11 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
     state: dict = {}
     if resumed is not None:
         model, state = resumed
+        if on_restore is not None:
+            on_restore(model)
     epoch, start_batch = int(state.get("epoch", 0)), int(state.get("batch_in_epoch", 0))
     history: dict[str, list] = {}
-    data = EpochShuffledData(x, y, batch_size, seed=seed)
+    data = EpochShuffledData(x, y, batch_size, seed=seed, drop_remainder=drop_remainder)
     if epoch >= epochs:
         return model, history
 
@@ -321,7 +336,8 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
         return early_stopping is not None and model.stop_training
 
     if start_batch:
-        partial = EpochShuffledData(x, y, batch_size, seed=seed, start_batch=start_batch)
+        partial = EpochShuffledData(x, y, batch_size, seed=seed, start_batch=start_batch,
+                                    drop_remainder=drop_remainder)
         stopped = run(partial, epoch, epoch + 1, start_batch)
         epoch += 1
         if stopped or epoch >= epochs:

@@ -1,4 +1,6 @@
-"""`train.distribution` on simulated devices: 2 devices train as 1 does, a layout shards.
+"""`train.distribution` on simulated devices: 2 devices train as 1 does, a layout shards,
+a run interrupted and resumed under a distribution ends as an uninterrupted one, a model
+trained by its own loss (VAE) and per-group rates (TensorFlow) train as on one device.
 
 Devices are simulated (`XLA_FLAGS=--xla_force_host_platform_device_count=2`,
 which kdl also reads on TensorFlow to make two logical CPUs), so each backend
@@ -20,10 +22,19 @@ from kdl.backend.distribution import check_config
 from kdl.config import DistributionConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TOL = 1e-5  # max |w_2 devices - w_1 device| after 20 AdamW steps (measured ~6e-8)
+TOL = 1e-5  # max |w_2 devices - w_1 device| after 20 AdamW steps (measured 3e-8 to 9e-8)
 DP = {"kind": "data_parallel", "devices": 2}
 MP = {"kind": "model_parallel", "devices": 2, "mesh": {"batch": 1, "model": 2},
       "layout": {"dense_.*kernel": [None, "model"]}}
+# Checkpoints every 3 steps; interrupted after step 10 -> resumed from step 9, mid-epoch
+# (4 steps an epoch). A global_clipnorm small enough to clip every step, so that a
+# restored optimizer that clipped each replica's share (TensorFlow) would show.
+RESUME = {"checkpoint": True, "checkpoint_every_steps": 3, "clipnorm": None,
+          "global_clipnorm": 0.05}
+# Per-group rates, clipnorm small enough to clip every step (each group's optimizer clips).
+GROUPS = {"clipnorm": 0.02, "param_groups": [{"match": "^dense_0/", "lr_scale": 0.3}]}
+RESUME_RUNS = [{"name": "one_ckpt", "distribution": {}, "train": RESUME},
+               {"name": "dp_resumed", "distribution": DP, "train": RESUME, "interrupt_at": 10}]
 
 
 def _train(backend: str, runs: list[dict], tmp_path) -> dict:
@@ -46,10 +57,45 @@ def _max_diff(d: dict, a: str, b: str) -> float:
     return float(max(diffs))
 
 
+@pytest.fixture(scope="module")
+def jax_runs(tmp_path_factory):
+    """One JAX subprocess for every JAX case (each start-up costs seconds)."""
+    return _train("jax", [{"name": "one", "distribution": {}},
+                          {"name": "dp", "distribution": DP},
+                          {"name": "mp", "distribution": MP}, *RESUME_RUNS,
+                          {"name": "vae_one", "distribution": {}, "model": "vae"},
+                          {"name": "vae_dp", "distribution": DP, "model": "vae"}],
+                  tmp_path_factory.mktemp("jax"))
+
+
+@pytest.fixture(scope="module")
+def tf_runs(tmp_path_factory):
+    """One TensorFlow subprocess for every TensorFlow case."""
+    return _train("tensorflow", [{"name": "one", "distribution": {}},
+                                 {"name": "dp", "distribution": DP}, *RESUME_RUNS,
+                                 {"name": "one_groups", "distribution": {}, "train": GROUPS},
+                                 {"name": "dp_groups", "distribution": DP, "train": GROUPS}],
+                  tmp_path_factory.mktemp("tensorflow"))
+
+
+def _on_two_devices_as(d: dict, name: str, reference: str) -> None:
+    """Run `name` ended with every variable on both devices, and with the weights and
+    outputs of the one-device run `reference`."""
+    assert int(d[f"{name}/devices_per_variable"]) == 2
+    assert _max_diff(d, reference, name) < TOL
+    assert np.abs(d[f"{reference}/pred"] - d[f"{name}/pred"]).max() < TOL
+
+
+def _resumed_as_uninterrupted(d: dict) -> None:
+    """The run interrupted at step 10 and resumed (a new model loaded inside the
+    distribution scope) ends as the uninterrupted one-device run."""
+    assert int(d["dp_resumed/resumed_from"]) == 9  # mid-epoch: a part-done epoch finished
+    _on_two_devices_as(d, "dp_resumed", "one_ckpt")
+
+
 @pytest.mark.once
-def test_jax_data_and_model_parallel_train_as_one_device(tmp_path):
-    d = _train("jax", [{"name": "one", "distribution": {}}, {"name": "dp", "distribution": DP},
-                       {"name": "mp", "distribution": MP}], tmp_path)
+def test_jax_data_and_model_parallel_train_as_one_device(jax_runs):
+    d = jax_runs
     assert json.loads(str(d["dp/devices"])) == ["cpu:0", "cpu:1"]
     for name in ("dp", "mp"):
         assert _max_diff(d, "one", name) < TOL, name
@@ -61,12 +107,44 @@ def test_jax_data_and_model_parallel_train_as_one_device(tmp_path):
 
 
 @pytest.mark.once
-def test_tensorflow_mirrored_trains_as_one_device(tmp_path):
-    d = _train("tensorflow", [{"name": "one", "distribution": {}},
-                              {"name": "dp", "distribution": DP}], tmp_path)
+def test_jax_resume_under_data_parallel_ends_as_uninterrupted(jax_runs):
+    _resumed_as_uninterrupted(jax_runs)
+
+
+@pytest.mark.once
+def test_jax_custom_train_model_data_parallel_trains_as_one_device(jax_runs):
+    # the VAE's own train step, its reparameterization noise included
+    _on_two_devices_as(jax_runs, "vae_dp", "vae_one")
+
+
+@pytest.mark.once
+def test_tensorflow_mirrored_trains_as_one_device(tf_runs):
+    d = tf_runs
     assert len(json.loads(str(d["dp/devices"]))) == 2
     assert _max_diff(d, "one", "dp") < TOL  # clipnorm=1.0 (the default) included
     assert np.abs(d["one/pred"] - d["dp/pred"]).max() < TOL
+
+
+@pytest.mark.once
+def test_tensorflow_resume_under_mirrored_ends_as_uninterrupted(tf_runs):
+    _resumed_as_uninterrupted(tf_runs)
+
+
+@pytest.mark.once
+def test_tensorflow_param_groups_under_mirrored_train_as_one_device(tf_runs):
+    d = tf_runs
+    assert _max_diff(d, "one", "one_groups") > 1e-3  # the groups change training
+    _on_two_devices_as(d, "dp_groups", "one_groups")
+
+
+def test_resume_is_refused_for_several_processes_only():
+    from kdl.config import ConfigError
+    from pipelines.config import from_dict, validate
+
+    train = {"checkpoint": True, "distribution": {**DP, "num_processes": 2, "process_id": 0}}
+    with pytest.raises(ConfigError, match="runs in one process, not 2: .* PyDataset"):
+        validate(from_dict({"train": train}))
+    validate(from_dict({"train": {"checkpoint": True, "distribution": DP}}))  # one process
 
 
 def test_the_equivalence_gate_catches_a_difference():

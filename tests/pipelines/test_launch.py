@@ -120,3 +120,7 @@ def test_bad_launch_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --processes must be >= 1 (got 0)",
                    "error: --workers must be >= 0 (got -1)"]
+    resume = ["--set", "train.checkpoint=true", "--set", "train.distribution.kind=data_parallel"]
+    assert main(["launch", "--processes", "2", "iris_mlp", *resume]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.checkpoint (resume) runs in one process, not 2" in err[0]

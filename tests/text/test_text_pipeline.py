@@ -172,3 +172,70 @@ def test_bert_family_fine_tuned_from_a_local_kerashub_preset(tmp_path, arch):
     hub = next(layer for layer in model.layers if isinstance(layer, cls))
     tuned = keras.ops.convert_to_numpy(hub.token_embedding.embeddings)
     assert np.corrcoef(tuned.ravel(), weights.ravel())[0, 1] > 0.3
+
+
+def _zero_share_of_int8_table(path, shape):
+    """Share of the int8 file's `shape` weight tensor (the embedding table) that is at its
+    zero point: pruned entries stay exactly zero through PTQ."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    [table] = [d for d in interp.get_tensor_details()
+               if d["dtype"] == np.int8 and tuple(d["shape"]) == shape]
+    q = interp.get_tensor(table["index"])
+    return float(np.mean(q == table["quantization_parameters"]["zero_points"][0]))
+
+
+@pytest.mark.slow  # train -> prune -> QAT -> export + bundle gate, one process (~3 min)
+def test_the_text_recipe_prunes_and_quantizes_through_the_gates(tmp_path):
+    """The default text recipe with the prune and quantize stages: the embedding table is
+    pruned like a kernel (to the target), QAT + full int8 keep the accuracy, and the
+    pruned QAT model passes the export gate and verify-bundle in fp32 and int8."""
+    from pipelines.run import run_pipeline
+    from pipelines.verify_bundle import verify_bundle
+
+    cfg = load_config("reviews_transformer", [
+        f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+        "data.params={n: 1500}", "data.batch_size=32", "train.learning_rate=0.003",
+        "model.preset=tiny",
+        "model.params={model_dim: 32, num_heads: 2, mlp_dim: 64}", "tokenizer.vocab_size=300",
+        "tokenizer.sequence_length=24", "train.epochs=12", "train.verbose=0",
+        "prune.epochs=4", "quantize.epochs=1", "export.formats=[tflite_fp32, tflite_int8]",
+        "stages=[train, prune, quantize, export]"])
+    run_dir, results, _ = run_pipeline(cfg, log=lambda *_: None)
+    dense = results["train"]["test_accuracy"]
+    assert dense >= 0.9, dense  # `reviews` needs word order: a real model first
+    prune = json.loads((run_dir / "compressed" / "prune_report.json").read_text())
+    assert prune["target_check"]["met"]
+    assert abs(prune["layers"]["source_embedding/embeddings"] - 0.8) < 0.005  # pruned, 80%
+    assert prune["test_accuracy"] >= dense - 0.05, prune["test_accuracy"]
+    report = json.loads((run_dir / "compressed" / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    for name in ("dense int8 (PTQ)", "pruned int8 (PTQ)", "pruned int8 (QAT)"):
+        assert np.isfinite(rows[name]["accuracy"]), name
+    assert rows["dense int8 (PTQ)"]["accuracy"] >= dense - 0.01  # full int8 on text
+    assert rows["pruned int8 (QAT)"]["accuracy"] >= dense - 0.05
+    assert results["export"]["source"] == "compressed/model_qat.keras"  # pruned + QAT ships
+    export = json.loads((run_dir / "export" / "report.json").read_text())
+    assert export["passed"] and all(r["passed"] for r in export["formats"].values())
+    assert verify_bundle(run_dir / "bundle")[0] == 0
+    vocab = len((run_dir / "bundle" / "vocabulary.txt").read_text("utf-8").split("\n")) - 1
+    zeros = _zero_share_of_int8_table(run_dir / "bundle" / "model_int8.tflite", (vocab, 32))
+    assert zeros >= 0.79, zeros  # the shipped int8 table keeps the pruned zeros
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("name", ["transformer_classifier", "bag_of_embeddings"])
+def test_embedding_tables_are_pruned_unless_excluded(name):
+    """Magnitude pruning takes a text model's embedding table like a kernel;
+    `prune.exclude: [".*embedding"]` (docs/text.md) keeps it dense."""
+    from kdl.compress.pruning import prunable_weights
+    from kdl.models import build_model
+
+    model = build_model(name, (8,), 3, preset="tiny", vocab_size=20)
+    paths = {v.path for _, v in prunable_weights(model)}
+    tables = {p for p in paths if p.endswith("/embeddings")}
+    assert len(tables) == 1, paths
+    kept = {v.path for _, v in prunable_weights(model, exclude=[".*embedding"])}
+    assert kept == paths - tables and kept  # the table alone is left dense

@@ -37,10 +37,11 @@ import os
 import re
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.image_backbones import time_block  # a block of invoke() calls, ms each
 
 SEQ, VOCAB, CLASSES = 32, 2000, 3
 
@@ -59,14 +60,6 @@ def interpreter(path: Path, delegate: bool):
     ids[0, :12] = np.arange(5, 17)
     interp.set_tensor(d["index"], ids)
     return interp
-
-
-def time_block(interp, calls: int) -> float:
-    interp.invoke()
-    t = time.perf_counter()
-    for _ in range(calls):
-        interp.invoke()
-    return (time.perf_counter() - t) / calls * 1000
 
 
 def off_delegate(interp) -> collections.Counter:

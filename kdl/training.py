@@ -110,8 +110,9 @@ def soft_labels(splits: DataSplits) -> bool:
 def in_line_feed(splits: DataSplits) -> bool:
     """True when training feeds `ArrayBatches` rather than `tf.data`: on JAX and PyTorch,
     for in-memory splits with no augmentation, on one device (`kdl.data.feed` says why)."""
+    dist = distribution.active()  # a run's scope with kind none has no engine
     return (keras.backend.backend() != "tensorflow" and splits.augment is None
-            and not hasattr(splits.train, "dataset") and distribution.active() is None)
+            and not hasattr(splits.train, "dataset") and (dist is None or dist.engine is None))
 
 
 def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder: bool = False):

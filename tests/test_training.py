@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kdl import training
-from kdl.backend import resolve_precision
+from kdl.backend import distribution, resolve_precision
 from kdl.config import TrainConfig
 from kdl.data import DataSplits, Normalizer, Split
 from kdl.models import build_model
@@ -182,6 +182,8 @@ def test_training_feeds_in_memory_data_in_line_on_jax_and_torch():
     train, val = training.train_and_val(splits, 16, seed=0)
     in_line = keras.backend.backend() != "tensorflow"
     assert training.in_line_feed(splits) is in_line
+    with distribution.Distributed().scope():  # a pipeline run's scope, kind none
+        assert training.in_line_feed(splits) is in_line
     assert isinstance(train, keras.utils.PyDataset) is in_line
     cfg = TrainConfig(epochs=2, optimizer="sgd", learning_rate=1e-2, schedule="constant",
                       verbose=0)

@@ -137,6 +137,15 @@ def test_tensorflow_param_groups_under_mirrored_train_as_one_device(tf_runs):
     _on_two_devices_as(d, "dp_groups", "one_groups")
 
 
+def test_custom_train_models_are_refused_on_tensorflow_only():
+    from kdl.backend.distribution import custom_training_refusal
+
+    d = DistributionConfig(kind="data_parallel", devices=2)
+    assert "same random noise" in custom_training_refusal(d, "vae", "tensorflow")
+    assert custom_training_refusal(d, "vae", "jax") is None
+    assert custom_training_refusal(DistributionConfig(), "vae", "tensorflow") is None
+
+
 def test_resume_is_refused_for_several_processes_only():
     from kdl.config import ConfigError
     from pipelines.config import from_dict, validate

@@ -43,12 +43,12 @@ export: venv ## export and verify an earlier run: make export RUN=saved_models/<
 # pipeline halves its CPU time. TensorFlow uses no XLA on CPU; the slow suite keeps the defaults.
 FAST_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 
-test: venv postgres ## the test suite, once per backend, each in its own process
-	@failed=""; for b in $(BACKENDS); do \
-	  echo "=== KERAS_BACKEND=$$b"; \
-	  XLA_FLAGS="$(FAST_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$$b $(PY) -m pytest -m "not slow" -q -p no:cacheprovider $(PYTEST_ARGS) || failed="$$failed $$b"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
+# The passes run side by side, TEST_JOBS parts at a time (tests/run_passes.py says how).
+TEST_JOBS ?= $(shell nproc)
+
+test: venv postgres ## the test suite, once per backend, each in processes of its own
+	$(PY) tests/run_passes.py --jobs $(TEST_JOBS) --backends "$(BACKENDS)" \
+	  --fast-xla="$(FAST_XLA_FLAGS)" -- $(PYTEST_ARGS)
 
 test-slow: venv ## the slow tests (learning bars, long training), once per backend
 	@failed=""; for b in $(BACKENDS); do \

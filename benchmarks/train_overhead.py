@@ -16,9 +16,12 @@ min-max over the repeats.
 Rows:
 - kdl loop / bare model.fit: `kdl.training.fit` (NaN guard, early stopping that
   never triggers, per-epoch MLflow logging to a real SQLite store) against
-  `model.fit` with no callbacks, both on kdl's `tf.data` pipeline.
-- kdl tf.data / NumPy arrays: the bare `model.fit` on kdl's `tf.data` pipeline
-  against the same fit on the NumPy arrays (`batch_size`, `shuffle=True`).
+  `model.fit` with no callbacks, both on kdl's input feed.
+- kdl feed / NumPy arrays: the bare `model.fit` on kdl's input feed
+  (`kdl.training.train_and_val`: `tf.data` on TensorFlow, `ArrayBatches` for in-memory
+  data on JAX and PyTorch) against the same fit on the NumPy arrays (`batch_size`,
+  `shuffle=True`). `--tf-data` feeds `tf.data` on every backend instead, as kdl did
+  before `ArrayBatches`.
 - kdl / plain PyTorch loop: the kdl loop against a hand-written PyTorch loop
   (the same CNN in NCHW, AdamW, the same clipping and rate per step, the same
   validation), at the same `torch.set_num_threads`.
@@ -52,7 +55,7 @@ from pipelines.config import load_config
 from pipelines.stages.common import load_data
 from pipelines.tracking import Tracker
 
-TARGETS = {"kdl loop / bare model.fit": 1.03, "kdl tf.data / NumPy arrays": 1.05,
+TARGETS = {"kdl loop / bare model.fit": 1.03, "kdl feed / NumPy arrays": 1.05,
            "kdl / plain PyTorch loop": {"torch": 1.5, "jax": 1.07, "tensorflow": 1.07}}
 
 
@@ -178,6 +181,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per arm per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--recipe", default="digits_cnn")
+    parser.add_argument("--tf-data", action="store_true",
+                        help="the bare arm feeds tf.data on every backend (kdl's old feed)")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="PyTorch: also time the kdl loop with jit_compile=True "
+                             "(torch.compile), warmed up like every arm")
     parser.add_argument("--thread-sweep", action="store_true",
                         help="PyTorch: also time the kdl loop at 1 thread and at every core")
     args = parser.parse_args()
@@ -202,9 +210,16 @@ def main() -> None:
         training.compile_for(model, splits.task, cfg.train, steps)
         return model
 
-    train_ds = make_tf_dataset(splits.train, batch, shuffle=True, seed=cfg.train.seed)
-    val_ds = make_tf_dataset(splits.val, batch)
+    if args.tf_data:
+        train_ds = make_tf_dataset(splits.train, batch, shuffle=True, seed=cfg.train.seed)
+        val_ds = make_tf_dataset(splits.val, batch)
+    else:
+        train_ds, val_ds = training.train_and_val(splits, batch, cfg.train.seed)
+    compiled = backend == "torch" and args.torch_compile
     models = {name: fresh_model() for name in ("bare", "numpy", "kdl")}
+    if compiled:
+        models["kdl compiled"] = fresh_model()
+        models["kdl compiled"].jit_compile = True  # the train function is made at first fit
     tracker = Tracker(cfg.tracking, "bench")
     tracker.start("kdl-loop", {})
     log_cb = tracker.keras_callback("train/")
@@ -231,6 +246,12 @@ def main() -> None:
 
     arms = {"bare": clocked(bare), "numpy": clocked(numpy_arrays), "kdl": clocked(kdl_loop),
             "torch": lambda: torch_epochs(args.epochs)}
+    if compiled:
+        def kdl_compiled(before, after):
+            training.fit(models["kdl compiled"], splits, timed, batch,
+                         callbacks=[*before, log_cb, *after])
+
+        arms["kdl compiled"] = clocked(kdl_compiled)
     sweep = backend == "torch" and args.thread_sweep
     if sweep:
         import torch
@@ -262,12 +283,17 @@ def main() -> None:
         return [x / y for x, y in zip(times[a], times[b], strict=True)]
 
     rows = [("kdl loop / bare model.fit", ratios("kdl", "bare")),
-            ("kdl tf.data / NumPy arrays", ratios("bare", "numpy")),
+            ("kdl feed / NumPy arrays", ratios("bare", "numpy")),
             ("kdl / plain PyTorch loop", ratios("kdl", "torch"))]
+    if compiled:
+        rows += [("kdl torch.compile / kdl eager", ratios("kdl compiled", "kdl")),
+                 ("kdl torch.compile / plain loop", ratios("kdl compiled", "torch"))]
     if sweep:
         rows.append((f"kdl 1 thread / {cores} threads",
                      ratios("kdl 1 thread", f"kdl {cores} threads")))
-    print(f"\n## train overhead: backend={backend}, {args.recipe}, {steps} steps/epoch, "
+    feed = type(train_ds).__name__ if isinstance(train_ds, keras.utils.PyDataset) else "tf.data"
+    print(f"\n## train overhead: backend={backend}, {args.recipe}, feed {feed}, "
+          f"{steps} steps/epoch, "
           f"{args.epochs} timed epochs x {args.repeats} repeats, torch threads={threads}, "
           f"{os.cpu_count()} cores")
     print(f"{'row':<32} {'median':>6}  [min-max]         target")

@@ -28,7 +28,7 @@ import kdl.data  # noqa: F401  (registers datasets)
 import kdl.models  # noqa: F401  (registers models)
 import kdl.schedules  # noqa: F401  (registers schedules)
 from kdl.backend.distribution import check_config as check_distribution
-from kdl.backend.distribution import resume_refusal
+from kdl.backend.distribution import custom_training_refusal, resume_refusal
 from kdl.data import DataError
 from kdl.data.augment import check_augment
 from kdl.data.sources import IMAGE_OPTIONS
@@ -370,6 +370,9 @@ def validate_sections(data: DataConfig, model: ModelConfig, train: TrainConfig,
         raise ConfigError("train.checkpoint_every_steps needs train.checkpoint=true")
     _check_param_groups(train.param_groups, "train.param_groups")
     _check_distribution(train, data.batch_size)
+    if MODELS.get(model.name).spec.custom_training and (
+            message := custom_training_refusal(train.distribution, model.name)):
+        raise ConfigError(message)
     t = train.transfer
     for i, phase in enumerate(t.phases):
         key = f"train.transfer.phases[{i}]"

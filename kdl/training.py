@@ -107,9 +107,25 @@ def soft_labels(splits: DataSplits) -> bool:
     return bool(splits.augment is not None and splits.augment.soft_labels)
 
 
+def in_line_feed(splits: DataSplits) -> bool:
+    """True when training feeds `ArrayBatches` rather than `tf.data`: on JAX and PyTorch,
+    for in-memory splits with no augmentation, on one device (`kdl.data.feed` says why)."""
+    dist = distribution.active()  # a run's scope with kind none has no engine
+    return (keras.backend.backend() != "tensorflow" and splits.augment is None
+            and not hasattr(splits.train, "dataset") and (dist is None or dist.engine is None))
+
+
 def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder: bool = False):
-    """The training dataset (shuffled, augmented) and the validation one (or None); with
-    soft labels the validation targets are one-hot too, for the same loss."""
+    """The training batches (shuffled, seeded, augmented) and the validation ones (or None):
+    `tf.data`, or `ArrayBatches` where `in_line_feed`; with soft labels the validation
+    targets are one-hot too, for the same loss."""
+    if in_line_feed(splits):
+        from kdl.data.feed import ArrayBatches
+
+        return (ArrayBatches(splits.train, batch_size, shuffle=True, seed=seed,
+                             drop_remainder=drop_remainder),
+                ArrayBatches(splits.val, batch_size, drop_remainder=drop_remainder)
+                if len(splits.val) >= (batch_size if drop_remainder else 1) else None)
     train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=seed,
                                drop_remainder=drop_remainder, augment=splits.augment)
     val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop_remainder)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kdl import training
-from kdl.backend import resolve_precision
+from kdl.backend import distribution, resolve_precision
 from kdl.config import TrainConfig
 from kdl.data import DataSplits, Normalizer, Split
 from kdl.models import build_model
@@ -142,3 +142,54 @@ def test_score_matches_numpy_definitions():
     assert s["loss"] == pytest.approx(-np.mean(np.log([.8, .7, .2, .8])), rel=1e-6)
     r = training.score("regression", np.array([1.0, 2.0, 3.0]), np.array([[1.0], [2.0], [4.0]]))
     assert r["mse"] == pytest.approx(1 / 3) and r["r2"] == pytest.approx(1 - 1 / 2)
+
+
+def test_in_memory_batches_are_seeded_permutations_reshuffled_every_epoch():
+    from kdl.data.feed import ArrayBatches
+
+    n = 10
+    x0 = np.arange(n, dtype="float32")[:, None]
+    split = Split((x0, -x0), np.arange(n), weight=np.arange(n) / 10)
+
+    def epochs(seed, count=3):
+        feed = ArrayBatches(split, 4, shuffle=True, seed=seed)
+        out = []
+        for _ in range(count):
+            batches = [feed[i] for i in range(len(feed))]
+            for (a, b), y, w in batches:  # the inputs, targets and weights stay together
+                np.testing.assert_array_equal(a[:, 0], y)
+                np.testing.assert_array_equal(b[:, 0], -y)
+                np.testing.assert_allclose(w, y / 10)
+            out.append(np.concatenate([y for _, y, _ in batches]))
+            feed.on_epoch_end()
+        return out
+
+    first = epochs(seed=3)
+    assert len(ArrayBatches(split, 4)) == 3 and len(ArrayBatches(split, 4,
+                                                                drop_remainder=True)) == 2
+    for order in first:  # every example once per epoch
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    assert not np.array_equal(first[0], first[1])  # reshuffled after an epoch
+    for a, b in zip(first, epochs(seed=3), strict=True):  # the seed repeats the run
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], epochs(seed=4)[0])
+    np.testing.assert_array_equal(  # unshuffled: in order (validation)
+        np.concatenate([ArrayBatches(split, 4)[i][1] for i in range(3)]), np.arange(n))
+
+
+def test_training_feeds_in_memory_data_in_line_on_jax_and_torch():
+    splits = _toy_regression()
+    train, val = training.train_and_val(splits, 16, seed=0)
+    in_line = keras.backend.backend() != "tensorflow"
+    assert training.in_line_feed(splits) is in_line
+    with distribution.Distributed().scope():  # a pipeline run's scope, kind none
+        assert training.in_line_feed(splits) is in_line
+    assert isinstance(train, keras.utils.PyDataset) is in_line
+    cfg = TrainConfig(epochs=2, optimizer="sgd", learning_rate=1e-2, schedule="constant",
+                      verbose=0)
+    training.prepare(cfg)
+    model = build_model("mlp", (4,), 1, task="regression", preset="tiny")
+    training.compile_for(model, "regression", cfg, steps_per_epoch=4)
+    result = training.fit(model, splits, cfg, batch_size=16)
+    loss = result.history["loss"]
+    assert len(loss) == 2 and all(math.isfinite(v) for v in loss) and loss[1] < loss[0]

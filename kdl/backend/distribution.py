@@ -104,6 +104,19 @@ def resume_refusal(d, processes: int | None = None) -> str | None:
             "train on one process")
 
 
+def custom_training_refusal(d, model_name: str, backend: str | None = None) -> str | None:
+    """Why a model trained by its own loss (`CustomTrainModel`) cannot train under `d`, or
+    None. TensorFlow: its train step runs per replica, so each replica draws the same
+    random noise (the seed generator is mirrored) for its share of the batch, and its loss
+    is not scaled per replica as `compile`'s is (2 devices vs 1: 1.8e-2 after 20 VAE steps).
+    JAX computes the global batch's step (measured equal to one device)."""
+    if d.kind == "none" or (backend or keras.backend.backend()) != "tensorflow":
+        return None
+    return (f"train.distribution on tensorflow does not train {model_name!r} (a model trained "
+            "by its own loss): each MirroredStrategy replica would draw the same random noise "
+            "for its share of the batch; use KERAS_BACKEND=jax or train.distribution.kind=none")
+
+
 # ----------------------------------------------------------------------------- processes
 
 

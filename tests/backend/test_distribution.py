@@ -78,14 +78,19 @@ def tf_runs(tmp_path_factory):
                   tmp_path_factory.mktemp("tensorflow"))
 
 
+def _on_two_devices_as(d: dict, name: str, reference: str) -> None:
+    """Run `name` ended with every variable on both devices, and with the weights and
+    outputs of the one-device run `reference`."""
+    assert int(d[f"{name}/devices_per_variable"]) == 2
+    assert _max_diff(d, reference, name) < TOL
+    assert np.abs(d[f"{reference}/pred"] - d[f"{name}/pred"]).max() < TOL
+
+
 def _resumed_as_uninterrupted(d: dict) -> None:
     """The run interrupted at step 10 and resumed (a new model loaded inside the
-    distribution scope, its variables on both devices) ends as the uninterrupted
-    one-device run."""
+    distribution scope) ends as the uninterrupted one-device run."""
     assert int(d["dp_resumed/resumed_from"]) == 9  # mid-epoch: a part-done epoch finished
-    assert int(d["dp_resumed/devices_per_variable"]) == 2
-    assert _max_diff(d, "one_ckpt", "dp_resumed") < TOL
-    assert np.abs(d["one_ckpt/pred"] - d["dp_resumed/pred"]).max() < TOL
+    _on_two_devices_as(d, "dp_resumed", "one_ckpt")
 
 
 @pytest.mark.once
@@ -108,10 +113,8 @@ def test_jax_resume_under_data_parallel_ends_as_uninterrupted(jax_runs):
 
 @pytest.mark.once
 def test_jax_custom_train_model_data_parallel_trains_as_one_device(jax_runs):
-    d = jax_runs  # the VAE's own train step, its reparameterization noise included
-    assert int(d["vae_dp/devices_per_variable"]) == 2
-    assert _max_diff(d, "vae_one", "vae_dp") < TOL
-    assert np.abs(d["vae_one/pred"] - d["vae_dp/pred"]).max() < TOL
+    # the VAE's own train step, its reparameterization noise included
+    _on_two_devices_as(jax_runs, "vae_dp", "vae_one")
 
 
 @pytest.mark.once
@@ -131,7 +134,16 @@ def test_tensorflow_resume_under_mirrored_ends_as_uninterrupted(tf_runs):
 def test_tensorflow_param_groups_under_mirrored_train_as_one_device(tf_runs):
     d = tf_runs
     assert _max_diff(d, "one", "one_groups") > 1e-3  # the groups change training
-    assert _max_diff(d, "one_groups", "dp_groups") < TOL
+    _on_two_devices_as(d, "dp_groups", "one_groups")
+
+
+def test_custom_train_models_are_refused_on_tensorflow_only():
+    from kdl.backend.distribution import custom_training_refusal
+
+    d = DistributionConfig(kind="data_parallel", devices=2)
+    assert "same random noise" in custom_training_refusal(d, "vae", "tensorflow")
+    assert custom_training_refusal(d, "vae", "jax") is None
+    assert custom_training_refusal(DistributionConfig(), "vae", "tensorflow") is None
 
 
 def test_resume_is_refused_for_several_processes_only():

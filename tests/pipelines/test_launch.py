@@ -120,6 +120,13 @@ def test_bad_launch_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --processes must be >= 1 (got 0)",
                    "error: --workers must be >= 0 (got -1)"]
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="torch refuses every distribution before resume is looked at")
+def test_launching_a_resumable_run_on_several_processes_is_one_line(capsys):
+    from pipelines.cli import main
+
     resume = ["--set", "train.checkpoint=true", "--set", "train.distribution.kind=data_parallel"]
     assert main(["launch", "--processes", "2", "iris_mlp", *resume]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -108,10 +108,12 @@ def soft_labels(splits: DataSplits) -> bool:
 
 
 def in_line_feed(splits: DataSplits) -> bool:
-    """True when training feeds `ArrayBatches` rather than `tf.data`: on JAX and PyTorch,
-    for in-memory splits with no augmentation, on one device (`kdl.data.feed` says why)."""
+    """True when training feeds `ArrayBatches` rather than `tf.data`: on PyTorch (which
+    kdl does not distribute), for in-memory splits with no augmentation. JAX keeps
+    `tf.data`, so that a one-device run and a distributed one see the same batches
+    (`kdl.data.feed` says why)."""
     dist = distribution.active()  # a run's scope with kind none has no engine
-    return (keras.backend.backend() != "tensorflow" and splits.augment is None
+    return (keras.backend.backend() == "torch" and splits.augment is None
             and not hasattr(splits.train, "dataset") and (dist is None or dist.engine is None))
 
 

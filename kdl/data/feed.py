@@ -1,4 +1,4 @@
-"""Training batches from in-memory arrays, fed without threads on JAX and PyTorch.
+"""Training batches from in-memory arrays, fed without threads on PyTorch.
 
 `kdl.data.make_tf_dataset` serves every backend, but on JAX and PyTorch Keras pulls each
 `tf.data` batch across a thread hand-off and converts it to NumPy: 1-17 ms per batch on
@@ -6,6 +6,9 @@ this 2-core machine under load, against 0.03-1.2 ms for slicing the arrays (meas
 docs/performance.md). `ArrayBatches` slices the arrays in the training thread, in an order
 of its own seeded generator, reshuffled after every epoch: seeded runs repeat exactly and do
 not depend on NumPy's global state. TensorFlow keeps `tf.data`, which runs inside its graph.
+JAX keeps it too: a distributed JAX run needs `tf.data`'s sharding across processes, and a
+one-device run must see the same batches as a distributed one, so that adding
+`train.distribution` gives the same weights (`tests/pipelines/test_launch.py`).
 """
 
 from __future__ import annotations

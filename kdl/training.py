@@ -121,17 +121,18 @@ def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder
     """The training batches (shuffled, seeded, augmented) and the validation ones (or None):
     `tf.data`, or `ArrayBatches` where `in_line_feed`; with soft labels the validation
     targets are one-hot too, for the same loss."""
+    has_val = len(splits.val) >= (batch_size if drop_remainder else 1)
     if in_line_feed(splits):
         from kdl.data.feed import ArrayBatches
 
         return (ArrayBatches(splits.train, batch_size, shuffle=True, seed=seed,
                              drop_remainder=drop_remainder),
                 ArrayBatches(splits.val, batch_size, drop_remainder=drop_remainder)
-                if len(splits.val) >= (batch_size if drop_remainder else 1) else None)
+                if has_val else None)
     train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=seed,
                                drop_remainder=drop_remainder, augment=splits.augment)
     val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop_remainder)
-              if len(splits.val) >= (batch_size if drop_remainder else 1) else None)
+              if has_val else None)
     if val_ds is not None and soft_labels(splits):
         val_ds = one_hot_targets(val_ds, len(splits.label_names))
     return train_ds, val_ds

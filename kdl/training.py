@@ -183,13 +183,17 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
         cbs.append(stopper)
     cbs.extend(callbacks)
     if checkpoint_dir is not None and cfg.checkpoint:
-        model, hist = fit_resumable(
-            model, splits.train.x, splits.train.y, epochs=cfg.epochs, batch_size=batch_size,
-            directory=checkpoint_dir, seed=cfg.seed, every_n_steps=cfg.checkpoint_every_steps,
-            validation_data=val_ds, callbacks=[c for c in cbs if c is not stopper],
-            early_stopping=stopper, verbose=cfg.verbose, drop_remainder=drop,
-            on_restore=None if dist is None else lambda m: distribution.adapt_optimizer(
-                m.optimizer))
+        on = dist or distribution.Distributed()
+        with on.shard_feed(val_ds) as val_ds:  # several processes: each feeds its shard
+            model, hist = fit_resumable(
+                model, splits.train.x, splits.train.y, epochs=cfg.epochs,
+                batch_size=batch_size, directory=checkpoint_dir, seed=cfg.seed,
+                every_n_steps=cfg.checkpoint_every_steps, validation_data=val_ds,
+                callbacks=[c for c in cbs if c is not stopper], early_stopping=stopper,
+                verbose=cfg.verbose, drop_remainder=drop,
+                on_restore=None if dist is None else lambda m: distribution.adapt_optimizer(
+                    m.optimizer),
+                shard=on.input_shard, write=on.is_chief)
     else:
         hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=cbs,
                          shuffle=False,  # train_ds shuffles itself, seeded

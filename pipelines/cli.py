@@ -44,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     lrf.add_argument("--steps", type=int, default=100)
     lau = sub.add_parser("launch", help="train one run with N local processes (multi-process "
                          "distribution on 127.0.0.1; docs/scale.md)")
-    lau.add_argument("recipe")
+    lau.add_argument("recipe", nargs="?")
     lau.add_argument("--processes", type=int, required=True, metavar="N")
+    lau.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue an interrupted run from its latest checkpoint, on N "
+                          "processes (JAX data parallel)")
     lau.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config value (every process)")
     lau.add_argument("--stages", help="comma-separated stages to run (default: the recipe's)")
@@ -146,7 +149,7 @@ def cmd_list() -> int:
 def cmd_run(args) -> int:
     from pipelines import toolkit
     from pipelines.config import check_stages, load_config, validate
-    from pipelines.run import continue_run, reopen, run_pipeline, summary_table
+    from pipelines.run import continue_run, reopen, run_pipeline
 
     stages = args.stages.split(",") if args.stages else None
     if args.resume is not None:
@@ -157,10 +160,9 @@ def cmd_run(args) -> int:
             check_stages(stages)
         if message := _tracking_missing(reopen(args.resume)[0]):
             return _error(message)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         run_dir, results, tracker = continue_run(args.resume, stages, resume=True)
-        print()
-        print(summary_table(run_dir, results, tracker))
-        return 0
+        return _report(results, run_dir, tracker)
     if not args.recipe:
         return _error("give a recipe (or --resume RUN_DIR)")
     cfg = load_config(args.recipe, args.overrides)
@@ -181,9 +183,17 @@ def cmd_run(args) -> int:
     # a launcher (or scheduler) stops this process with SIGTERM: end the MLflow run FAILED
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     run_dir, results, tracker = run_pipeline(cfg, dist=dist)
-    if not dist.is_chief:
-        print(f"process {dist.process_id} of {dist.num_processes}: trained "
-              f"{results['train'].get('epochs')} epoch(s); process 0 writes the run")
+    return _report(results, run_dir, tracker)
+
+
+def _report(results: dict, run_dir, tracker) -> int:
+    """The summary table; process k > 0 of a distributed run says what it did instead."""
+    from pipelines.run import summary_table
+
+    train = results.get("train", {})
+    if "process_id" in train:
+        print(f"process {train['process_id']}: trained {train.get('epochs')} epoch(s); "
+              "process 0 writes the run")
         return 0
     print()
     print(summary_table(run_dir, results, tracker))
@@ -279,11 +289,22 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.config import load_config
             from pipelines.launch import launch
 
-            cfg = load_config(args.recipe, args.overrides)  # bad input: one line, first
+            if bool(args.recipe) == bool(args.resume) or (args.resume and args.overrides):
+                return _error("launch takes a recipe (with --set), or --resume RUN_DIR alone "
+                              "(the run's config is reused)")
+            if args.resume:  # bad input: one line, before any process starts
+                from pipelines import toolkit
+                from pipelines.run import Context, reopen
+
+                cfg, run_dir, _ = reopen(args.resume)
+                toolkit.checkpoint_dir(Context(cfg, run_dir, None, state={"resume": True}))
+            else:
+                cfg = load_config(args.recipe, args.overrides)
             if message := (_tracking_missing(cfg) or (cfg.train.checkpoint and resume_refusal(
                     cfg.train.distribution, args.processes))):
                 return _error(message)
-            return launch(args.recipe, args.overrides, args.processes, args.stages)
+            return launch(args.recipe, args.overrides, args.processes, args.stages,
+                          resume=args.resume)
         if args.command == "lr-find":
             from pipelines import toolkit
             from pipelines.config import load_config

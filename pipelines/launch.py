@@ -115,10 +115,10 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], log=print,
     return code, out0
 
 
-def _mark_failed(output: list[str]) -> None:
+def _mark_failed(output: list[str], run_dir: Path | None = None) -> None:
     """Process 0 was stopped before it could end its MLflow run: end it FAILED."""
-    run_dir = next((line.split("run directory:", 1)[1].strip() for line in output
-                    if line.startswith("run directory:")), None)
+    run_dir = run_dir or next((line.split("run directory:", 1)[1].strip() for line in output
+                               if line.startswith("run directory:")), None)
     info = Path(run_dir) / "run.json" if run_dir else None
     if info is None or not info.is_file():
         return
@@ -134,15 +134,17 @@ def _mark_failed(output: list[str]) -> None:
               file=sys.stderr)
 
 
-def launch(recipe: str, overrides: list[str], processes: int, stages: str | None = None,
-           log=print) -> int:
-    """Start `processes` local processes of `pipelines run`; return the launch's exit code."""
-    cmd = [sys.executable, "-m", "pipelines", "run", recipe]
+def launch(recipe: str | None, overrides: list[str], processes: int, stages: str | None = None,
+           log=print, resume: Path | None = None) -> int:
+    """Start `processes` local processes of `pipelines run` (`run --resume RUN_DIR` with
+    `resume`); return the launch's exit code."""
+    cmd = [sys.executable, "-m", "pipelines", "run"]
+    cmd += ["--resume", str(resume)] if resume is not None else [recipe]
     for text in overrides:
         cmd += ["--set", text]
     if stages:
         cmd += ["--stages", stages]
     code, out0 = supervise([cmd] * processes, process_envs(processes), log=log)
     if code != 0:
-        _mark_failed(out0)
+        _mark_failed(out0, resume)
     return code

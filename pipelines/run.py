@@ -146,7 +146,9 @@ def continue_run(run_dir: Path, stages: list[str] | None = None, overrides: list
     if "train" in stages:  # the checkpoint is loaded inside the run's distribution scope
         from kdl.backend import distribution
 
-        state["distribution"] = distribution.setup(cfg.train.distribution)
+        state["distribution"] = dist = distribution.setup(cfg.train.distribution)
+        if not dist.is_chief:  # process k > 0 of a resumed multi-process run
+            return _run_worker(cfg, dist, (), resume_from=run_dir if resume else None)
     tracker = Tracker(cfg.tracking, cfg.name)
     close_stale(run_dir, tracker, parent, log)
     if resume:
@@ -158,8 +160,10 @@ def continue_run(run_dir: Path, stages: list[str] | None = None, overrides: list
     return run_dir, _run_tracked(Context(cfg, run_dir, tracker, state), stages, log), tracker
 
 
-def _run_worker(cfg: ExperimentConfig, dist, callbacks) -> tuple[Path, dict, Tracker]:
-    """Process k > 0 of a distributed run: the train stage's `fit`, nothing written, no MLflow."""
+def _run_worker(cfg: ExperimentConfig, dist, callbacks, resume_from: Path | None = None
+                ) -> tuple[Path, dict, Tracker]:
+    """Process k > 0 of a distributed run: the train stage's `fit`, nothing written, no MLflow.
+    `resume_from`: the run directory whose checkpoints it resumes from (read only)."""
     import dataclasses
     import shutil
     import tempfile
@@ -169,7 +173,10 @@ def _run_worker(cfg: ExperimentConfig, dist, callbacks) -> tuple[Path, dict, Tra
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
     scratch = Path(tempfile.mkdtemp(prefix=f"kdl-process{dist.process_id}-"))
     tracker = Tracker(cfg.tracking, cfg.name)
-    ctx = Context(cfg, scratch, tracker, {"callbacks": list(callbacks), "distribution": dist})
+    state = {"callbacks": list(callbacks), "distribution": dist}
+    if resume_from is not None:
+        state.update(resume=True, checkpoints_of=resume_from)
+    ctx = Context(cfg, scratch, tracker, state)
     try:
         return scratch, {"train": train.run(ctx)}, tracker
     finally:

@@ -35,7 +35,9 @@ def checkpoint_dir(ctx) -> Path | None:
                 f"{ctx.run_dir} was trained without checkpoints (train.checkpoint=false); "
                 "nothing to resume. Re-run with --set train.checkpoint=true")
         return None
-    directory = ctx.run_dir / "checkpoints"
+    # process k > 0 of a resumed multi-process run trains in a scratch directory but
+    # reads the checkpoints of the run it resumes (process 0 alone writes them)
+    directory = Path(ctx.state.get("checkpoints_of", ctx.run_dir)) / "checkpoints"
     if ctx.state.get("resume") and latest_checkpoint(directory) is None:
         raise FileNotFoundError(f"{directory} holds no checkpoint to resume from")
     return directory

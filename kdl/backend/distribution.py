@@ -92,16 +92,27 @@ def check_config(d, batch_size: int, backend: str | None = None) -> str | None:
     return None
 
 
-def resume_refusal(d, processes: int | None = None) -> str | None:
+def resume_refusal(d, processes: int | None = None, backend: str | None = None) -> str | None:
     """Why `train.checkpoint` (resume) cannot run under `d` with `processes` (default:
-    the configured or environment's count), or None: one process only."""
+    the configured or environment's count), or None.
+
+    One process: every distribution. Several: JAX data parallel, each process
+    feeding its shard of every batch from the checkpointed position, process 0
+    writing the checkpoint (`shard_feed`). TensorFlow's MultiWorkerMirroredStrategy
+    would shard a Python input itself and needs every worker in a save: refused.
+    """
     count = processes if processes is not None else process_env(d)[1]
-    if d.kind == "none" or count == 1:
+    backend = backend or keras.backend.backend()
+    if d.kind == "none" or count == 1 or (backend == "jax" and d.kind == "data_parallel"):
         return None
-    return (f"train.checkpoint (resume) runs in one process, not {count}: resumable "
-            "training feeds a keras PyDataset, which Keras does not shard across processes "
-            "(and each process would write the checkpoint); set train.checkpoint=false or "
-            "train on one process")
+    fix = ("set train.checkpoint=false, train on one process, or use KERAS_BACKEND=jax with "
+           "train.distribution.kind=data_parallel")
+    if backend == "jax":
+        return (f"train.checkpoint (resume) on {count} processes runs data_parallel only "
+                f"(kind is {d.kind}: its variables span processes); {fix}")
+    return (f"train.checkpoint (resume) on {count} {backend} processes is not supported "
+            "(MultiWorkerMirroredStrategy would re-shard the resumable input itself and "
+            f"needs every worker in each save); {fix}")
 
 
 def custom_training_refusal(d, model_name: str, backend: str | None = None) -> str | None:
@@ -195,6 +206,32 @@ class Distributed:
                 yield self
         finally:
             _ACTIVE = previous
+
+    @property
+    def input_shard(self) -> tuple[int, int]:
+        """`(this process, processes)` when each process feeds its own part of every batch
+        (JAX, several processes), else `(0, 1)`: one process feeds the global batch."""
+        if keras.backend.backend() == "jax" and self.num_processes > 1:
+            return self.process_id, self.num_processes
+        return 0, 1
+
+    @contextlib.contextmanager
+    def shard_feed(self, validation=None):
+        """Inside: `fit` takes each process's own shard (`input_shard`) of a Python
+        input, which Keras's JAX auto-sharding refuses on several processes (it shards
+        `tf.data` only). Yields `validation` (a `tf.data` dataset or None) sharded as
+        Keras would have; auto-sharding is back on after."""
+        engine = self.engine
+        if self.input_shard[1] == 1 or not hasattr(engine, "auto_shard_dataset"):
+            yield validation
+            return
+        if validation is not None:
+            validation = engine.distribute_dataset(validation)
+        before, engine.auto_shard_dataset = engine.auto_shard_dataset, False
+        try:
+            yield validation
+        finally:
+            engine.auto_shard_dataset = before
 
     def params(self) -> dict[str, Any]:
         """What to record with the run (MLflow params)."""

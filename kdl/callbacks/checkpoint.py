@@ -20,6 +20,7 @@ counter (so schedules continue where they were) and the data position.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -47,16 +48,30 @@ class EpochShuffledData(keras.utils.PyDataset):
         start_batch: skip this many batches (used once, to finish a part-done epoch).
         drop_remainder: leave out the last, smaller batch (JAX data parallel splits
             every batch evenly over its devices).
+        shard: `(index, count)`: this process's part of each batch when `count`
+            processes train one run (JAX multi-process data parallel): the
+            `index`-th of `count` equal, contiguous slices of the global batch,
+            which is how Keras shards a `tf.data` input (`rebatch` to
+            `batch_size / count`, then `shard(count, index)`). Needs
+            `drop_remainder` and a `batch_size` that `count` divides.
 
     Call `data.set_epoch(e)` before epoch `e` (`data.callback()` does it
     inside `fit`).
     """
 
     def __init__(self, x, y, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 start_batch: int = 0, drop_remainder: bool = False):
+                 start_batch: int = 0, drop_remainder: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         super().__init__(workers=1, use_multiprocessing=False)
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+        index, count = shard
+        if count > 1 and (batch_size % count or not drop_remainder):
+            raise ValueError(f"a batch of {batch_size} sharded over {count} processes needs "
+                             f"a batch size that {count} divides and drop_remainder=True")
+        if not 0 <= index < count:
+            raise ValueError(f"shard index {index} is not in [0, {count})")
+        self.shard = (int(index), int(count))
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -82,6 +97,10 @@ class EpochShuffledData(keras.utils.PyDataset):
     def __getitem__(self, index):
         i = index + self.start_batch
         idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        index, count = self.shard
+        if count > 1:
+            part = self.batch_size // count
+            idx = idx[index * part:(index + 1) * part]
         return self.x[idx], self.y[idx]
 
     def callback(self) -> keras.callbacks.Callback:
@@ -120,6 +139,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             weights are saved and restored too (place it before this callback).
         initial_state: the loaded `state.json` of the checkpoint being resumed,
             used to restore early stopping and the step count (set by `fit_resumable`).
+        write: False on every process but one when several train one run: the
+            checkpoint is written once (it counts steps all the same).
 
     Example:
 
@@ -132,7 +153,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def __init__(self, directory: str | Path, every_n_steps: int | None = None, keep: int = 2,
                  early_stopping: keras.callbacks.EarlyStopping | None = None,
                  initial_state: dict | None = None, batches_per_epoch: int | None = None,
-                 start_batch: int = 0):
+                 start_batch: int = 0, write: bool = True):
         super().__init__()
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
@@ -145,6 +166,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.initial_state = initial_state or {}
         self.batches_per_epoch = batches_per_epoch
         self.start_batch = start_batch
+        self.write = write
         self.global_step = int(self.initial_state.get("global_step", 0))
         self._epoch = 0
         self._batch_in_epoch = 0
@@ -187,15 +209,20 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.start_batch = 0  # a part-done epoch is finished once
         self.save(epoch + 1, 0, logs)
 
-    def save(self, epoch: int, batch_in_epoch: int, logs: dict | None = None) -> Path:
-        """Write a checkpoint for position (epoch, batch_in_epoch)."""
-        model = self.model  # on JAX this syncs the trained state into the variables
+    def save(self, epoch: int, batch_in_epoch: int, logs: dict | None = None) -> Path | None:
+        """Write a checkpoint for position (epoch, batch_in_epoch) (None where `write` is off)."""
+        # On JAX this syncs the trained state into the variables: on several processes a
+        # computation on global arrays that every process must run (process 0 alone hangs).
+        model = self.model
+        if not self.write:
+            return None
         name = f"step-{self.global_step:09d}"
         final = self.directory / name
         tmp = self.directory / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save(tmp / "model.keras")
+        with _outside_jax_distribution():
+            model.save(tmp / "model.keras")
         arrays = {f"s{i}": keras.ops.convert_to_numpy(v)
                   for i, v in enumerate(_seed_states(model))}
         backend_rng = get_global_rng_state()
@@ -229,6 +256,22 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         for old in folders[:-self.keep]:
             if old != current:
                 shutil.rmtree(self.directory / old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _outside_jax_distribution():
+    """JAX: no `keras.distribution` while saving. `model.save` makes a scratch optimizer
+    (its attribute skip-set), whose variable a multi-process distribution would place
+    with a check across processes: process 0 saving alone would wait forever."""
+    saved = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if saved is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(saved)
 
 
 def _jsonable(obj):
@@ -278,7 +321,8 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
                   directory: str | Path, seed: int = 0, every_n_steps: int | None = None,
                   validation_data=None, callbacks=(), early_stopping=None, verbose=0,
                   keep: int = 2, drop_remainder: bool = False,
-                  on_restore=None) -> tuple[keras.Model, dict]:
+                  on_restore=None, shard: tuple[int, int] = (0, 1),
+                  write: bool = True) -> tuple[keras.Model, dict]:
     """`model.fit` with checkpoints; continues from the latest one in `directory`.
 
     Args:
@@ -293,6 +337,11 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
         drop_remainder: leave out each epoch's last, smaller batch.
         on_restore: called with the restored model before it trains (to adapt what
             a saved model does not carry, e.g. its optimizer under a distribution).
+        shard, write: when several processes train one run (JAX multi-process data
+            parallel): this process's `(index, count)` part of each batch
+            (`EpochShuffledData`), and whether it writes the checkpoints (process 0
+            only). Every process reads the same checkpoint from `directory`, so
+            each restarts its shard at the checkpoint's epoch and batch.
 
     Under a distribution (`keras.distribution` on JAX, a `tf.distribute`
     strategy), call this inside its scope: a restored model is loaded there,
@@ -311,7 +360,8 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
             on_restore(model)
     epoch, start_batch = int(state.get("epoch", 0)), int(state.get("batch_in_epoch", 0))
     history: dict[str, list] = {}
-    data = EpochShuffledData(x, y, batch_size, seed=seed, drop_remainder=drop_remainder)
+    data = EpochShuffledData(x, y, batch_size, seed=seed, drop_remainder=drop_remainder,
+                             shard=shard)
     if epoch >= epochs:
         return model, history
 
@@ -319,7 +369,7 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
         ckpt = ResumableCheckpoint(directory, every_n_steps, keep=keep,
                                    early_stopping=early_stopping, initial_state=state,
                                    batches_per_epoch=data.batches_per_epoch,
-                                   start_batch=start)
+                                   start_batch=start, write=write)
         cbs = [data_.callback()]
         if early_stopping is not None:
             cbs.append(early_stopping)
@@ -337,7 +387,7 @@ def fit_resumable(model: keras.Model, x, y, *, epochs: int, batch_size: int,
 
     if start_batch:
         partial = EpochShuffledData(x, y, batch_size, seed=seed, start_batch=start_batch,
-                                    drop_remainder=drop_remainder)
+                                    drop_remainder=drop_remainder, shard=shard)
         stopped = run(partial, epoch, epoch + 1, start_batch)
         epoch += 1
         if stopped or epoch >= epochs:

@@ -26,29 +26,41 @@ TINY = ["model.preset=tiny", "data.val_fraction=0.2", "data.test_fraction=0.2",
         "train.verbose=0"]
 
 
-def _cli(backend: str, args: list[str], store: dict, experiment: str) -> str:
-    sets = [*TINY, f"output_dir={store['out']}", f"tracking.uri={store['uri']}",
-            f"tracking.experiment={experiment}"]
-    cmd = [sys.executable, "-m", "pipelines", *args, "iris_mlp", "--stages", "train"]
-    for s in sets:
-        cmd += ["--set", s]
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
+def _cli(backend: str, args: list[str], store: dict, experiment: str, recipe: bool = True,
+         ok: bool = True, path: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> str:
+    """`python -m pipelines <args> [iris_mlp --set TINY... --set sets...] --stages train`;
+    its stdout. `path`: directories put before the tree on PYTHONPATH."""
+    cmd = [sys.executable, "-m", "pipelines", *args]
+    if recipe:
+        cmd.append("iris_mlp")
+        for s in [*TINY, f"output_dir={store['out']}", f"tracking.uri={store['uri']}",
+                  f"tracking.experiment={experiment}", *sets]:
+            cmd += ["--set", s]
+    cmd += ["--stages", "train"]
+    env = {**os.environ, "KERAS_BACKEND": backend,
+           "PYTHONPATH": os.pathsep.join([*path, str(ROOT)]), "TF_CPP_MIN_LOG_LEVEL": "3"}
     # one device per process; make test's fast-compile XLA flags kept
     env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                                 if not f.startswith("--xla_force_host_platform_device_count"))
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def _run_dir(stdout: str) -> Path:
+    return Path(next(line.split(":", 1)[1].strip() for line in stdout.splitlines()
+                     if line.startswith("run directory:")))
 
 
 def _weights(stdout: str) -> list[np.ndarray]:
     import kdl.models  # noqa: F401
     import kdl.schedules  # noqa: F401
 
-    run_dir = next(line.split(":", 1)[1].strip() for line in stdout.splitlines()
-                   if line.startswith("run directory:"))
-    return keras.saving.load_model(Path(run_dir) / "model.keras").get_weights()
+    return keras.saving.load_model(_run_dir(stdout) / "model.keras").get_weights()
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
 
 
 def _two_processes_as_one(backend: str, store: dict) -> None:
@@ -56,8 +68,7 @@ def _two_processes_as_one(backend: str, store: dict) -> None:
     two = _cli(backend, ["launch", "--processes", "2", "--set",
                          "train.distribution.kind=data_parallel"], store, exp)
     one = _cli(backend, ["run"], store, f"{exp}-single")
-    a, b = _weights(two), _weights(one)
-    diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+    diff = _max_diff(_weights(two), _weights(one))
     assert np.isfinite(diff) and diff < TOL, diff
 
     client = MlflowClient(store["uri"])
@@ -83,6 +94,76 @@ def test_two_jax_processes_train_as_one(store):
 @pytest.mark.slow
 def test_two_tensorflow_workers_train_as_one(store):
     _two_processes_as_one("tensorflow", store)
+
+
+# Process 1 of the interrupted launch: before its step FAIL_AFTER + 1 it waits for process
+# 0's checkpoint of step FAIL_AFTER (mid-epoch 3 of 3-step epochs), then fails. It also
+# records any checkpoint it writes (none: process 0 writes them).
+FAIL_AFTER = 8
+INJECT = """
+import os
+if os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID") == "1":
+    import glob, time
+    import kdl.callbacks.checkpoint as c
+
+    save, begin = c.ResumableCheckpoint.save, c.ResumableCheckpoint.on_train_batch_begin
+
+    def recorded_save(self, *args, **kwargs):
+        path = save(self, *args, **kwargs)
+        if path is not None:
+            with open(os.environ["KDL_TEST_SAVES"], "a") as f:
+                f.write(str(path) + "\\n")
+        return path
+
+    def failing_begin(self, batch, logs=None):
+        begin(self, batch, logs)
+        fail = os.environ.get("KDL_TEST_FAIL_AFTER")
+        if fail and self.global_step == int(fail):
+            deadline = time.monotonic() + 120
+            want = "step-%09d" % int(fail)
+            while time.monotonic() < deadline and not any(
+                    open(p).read().strip() == want for p in glob.glob(
+                        os.environ["KDL_TEST_OUT"] + "/*/*/checkpoints/latest")):
+                time.sleep(0.05)
+            raise RuntimeError("injected failure after step " + fail)
+
+    c.ResumableCheckpoint.save = recorded_save
+    c.ResumableCheckpoint.on_train_batch_begin = failing_begin
+"""
+
+
+@pytest.mark.once
+@pytest.mark.slow  # three 2-process launches (~3x test_two_jax_processes_train_as_one)
+def test_two_jax_processes_resume_to_the_uninterrupted_weights(store, tmp_path, monkeypatch):
+    """A 2-process run interrupted mid-epoch (process 1 fails) and resumed with
+    `launch --resume` ends with the uninterrupted 2-process run's weights: every process
+    restarts its shard of the batches at the checkpoint, which process 0 alone wrote."""
+    import json
+
+    (tmp_path / "sitecustomize.py").write_text(INJECT)
+    saves = tmp_path / "saves.txt"
+    out = tmp_path / "out"
+    monkeypatch.setenv("KDL_TEST_SAVES", str(saves))
+    monkeypatch.setenv("KDL_TEST_OUT", str(out))
+    resumable = ["launch", "--processes", "2", "--set", "train.distribution.kind=data_parallel",
+                 "--set", "train.checkpoint=true", "--set", "train.checkpoint_every_steps=2"]
+    exp = "launch-resume"
+    whole = _cli("jax", resumable, store, exp, path=(str(tmp_path),))
+    assert (_run_dir(whole) / "checkpoints" / "latest").is_file()
+    monkeypatch.setenv("KDL_TEST_FAIL_AFTER", str(FAIL_AFTER))
+    cut = _cli("jax", resumable, store, exp, ok=False, path=(str(tmp_path),),
+               sets=(f"output_dir={out}",))
+    run_dir = _run_dir(cut)
+    assert run_dir.parent.parent == out and not (run_dir / "model.keras").exists()
+    state = json.loads((run_dir / "checkpoints" / "step-000000008" / "state.json").read_text())
+    assert (state["epoch"], state["batch_in_epoch"]) == (2, 2)  # mid-epoch: 2 of 3 batches
+    monkeypatch.delenv("KDL_TEST_FAIL_AFTER")
+    _cli("jax", ["launch", "--processes", "2", "--resume", str(run_dir)], store, exp,
+         recipe=False, path=(str(tmp_path),))
+    assert not saves.exists()  # process 1 never wrote a checkpoint
+    diff = _max_diff(_weights(whole), keras.saving.load_model(
+        run_dir / "model.keras").get_weights())
+    assert np.isfinite(diff) and diff < TOL, diff
 
 
 @pytest.mark.once
@@ -122,12 +203,28 @@ def test_bad_launch_is_one_line(capsys):
                    "error: --workers must be >= 0 (got -1)"]
 
 
-@pytest.mark.skipif(keras.backend.backend() == "torch",
-                    reason="torch refuses every distribution before resume is looked at")
-def test_launching_a_resumable_run_on_several_processes_is_one_line(capsys):
+@pytest.mark.once  # TensorFlow: several workers do not resume (JAX data parallel does)
+def test_launching_a_resumable_tensorflow_run_on_several_processes_is_one_line(capsys):
     from pipelines.cli import main
 
     resume = ["--set", "train.checkpoint=true", "--set", "train.distribution.kind=data_parallel"]
     assert main(["launch", "--processes", "2", "iris_mlp", *resume]) == 2
+    assert main(["launch", "--processes", "2"]) == 2  # neither a recipe nor --resume
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "train.checkpoint (resume) runs in one process, not 2" in err[0]
+    assert len(err) == 2 and "train.checkpoint (resume) on 2 tensorflow processes" in err[0]
+    assert err[1].startswith("error: launch takes a recipe (with --set), or --resume RUN_DIR")
+
+
+@pytest.mark.once
+def test_which_distributions_resume_on_several_processes():
+    from kdl.backend.distribution import resume_refusal
+    from kdl.config import DistributionConfig
+
+    dp = DistributionConfig(kind="data_parallel")
+    mp = DistributionConfig(kind="model_parallel", mesh={"batch": 1, "model": 2},
+                            layout={"kernel": [None, "model"]})
+    assert resume_refusal(dp, 2, backend="jax") is None
+    assert resume_refusal(mp, 1, backend="jax") is None
+    assert resume_refusal(dp, 1, backend="tensorflow") is None
+    assert "runs data_parallel only" in resume_refusal(mp, 2, backend="jax")
+    assert "2 tensorflow processes" in resume_refusal(dp, 2, backend="tensorflow")

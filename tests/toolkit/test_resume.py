@@ -34,6 +34,26 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert len(part) == 3 and np.array_equal(part[0][0], a[2][0])
 
 
+def test_process_shards_are_the_slices_of_the_global_batch():
+    """Process k of n takes the k-th contiguous slice of each global batch (as Keras's
+    `rebatch` + `shard` of a tf.data input), restarted mid-epoch like the global one."""
+    import pytest
+
+    x = np.arange(22, dtype="float32")[:, None]
+    whole = EpochShuffledData(x, x, batch_size=4, seed=1, drop_remainder=True)
+    shards = [EpochShuffledData(x, x, batch_size=4, seed=1, drop_remainder=True,
+                                shard=(k, 2), start_batch=3) for k in range(2)]
+    for d in (whole, *shards):
+        d.set_epoch(2)
+    assert len(shards[0]) == 2  # 5 full batches, restarted at the 4th
+    for i in range(2):
+        got = np.concatenate([s[i][0] for s in shards])
+        assert np.array_equal(got, whole[i + 3][0])
+    assert not np.array_equal(shards[0][0][0], shards[1][0][0])
+    with pytest.raises(ValueError, match="drop_remainder"):
+        EpochShuffledData(x, x, batch_size=3, shard=(0, 2), drop_remainder=True)
+
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"

@@ -125,12 +125,15 @@ def test_predict_text_gives_the_keras_label(bundle, tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_sentencepiece_bundle_replays_its_strings(tmp_path):
+@pytest.mark.parametrize("kind,vocab_size,files", [
+    ("sentencepiece", 70, ["sentencepiece_model_file"]),
+    ("byte_pair", 300, ["vocabulary_file", "merges_file"])])
+def test_learned_subword_bundle_replays_its_strings(tmp_path, kind, vocab_size, files):
     """verify-bundle replays golden strings through the plain-Python SentencePiece (read
-    from the bundled `.model` file), and a changed golden id fails it."""
+    from the bundled `.model` file) or byte-level BPE (vocab.json + merges.txt), and a
+    changed golden id fails it."""
     s = load_splits("reviews", n=300, seed=0,
-                    tokenizer={"kind": "sentencepiece", "vocab_size": 70,
-                               "sequence_length": 16})
+                    tokenizer={"kind": kind, "vocab_size": vocab_size, "sequence_length": 16})
     keras.utils.set_random_seed(0)
     model = build_model("bag_of_embeddings", s.input_shape, 3, preset="tiny",
                         vocab_size=s.info["vocab_size"])
@@ -141,9 +144,9 @@ def test_sentencepiece_bundle_replays_its_strings(tmp_path):
                         reference_outputs=model.predict(ids, verbose=0), text=strings,
                         tokenizer=s.info["tokenizer"])
     tok = json.loads((path / "contract.json").read_text())["preprocessing"]["tokenizer"]
-    assert (path / tok["sentencepiece_model_file"]).is_file()
+    assert all((path / tok[f]).is_file() for f in files)
     code, lines = verify_bundle(path)
-    assert code == 0 and lines[0].startswith("PASS tokenizer sentencepiece"), lines
+    assert code == 0 and lines[0].startswith(f"PASS tokenizer {kind}"), lines
     golden = json.loads((path / "golden.json").read_text())
     golden["inputs"][0]["data"][0][1] += 1
     (path / "golden.json").write_text(json.dumps(golden))

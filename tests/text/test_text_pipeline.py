@@ -68,7 +68,9 @@ BAD = [
     (["data.path=missing.csv"], "does not exist"),
     (["data.text=body"], "column 'body' is not in my_texts.csv"),
     (["model.name=cnn"], "does not take token ids"),
-    (["tokenizer.kind=byte_pair"], "byte_pair"),
+    (["tokenizer.kind=byte_pair", "tokenizer.vocab_size=200"],
+     "byte_pair needs tokenizer.vocab_size > 261"),
+    (["tokenizer.kind=sentencepiece", "tokenizer.preset=."], "loads WordPiece vocabularies"),
     (["tokenizer.preset=/nope"], "is not a local directory"),
     (["data.path=one.csv"], "label 'rare' has a single example"),
 ]
@@ -118,6 +120,8 @@ def test_bad_text_input_is_one_line_exit_2_before_any_run(tmp_path, monkeypatch,
 def test_the_recipe_loads_and_text_config_is_checked():
     cfg = load_config("reviews_transformer")
     assert cfg.data.name == "reviews" and cfg.tokenizer.kind == "wordpiece"
+    assert load_config("reviews_transformer", ["tokenizer.kind=byte_pair"]).tokenizer.kind \
+        == "byte_pair"  # learned on the training split, no longer refused
     with pytest.raises(ConfigError, match="not a text dataset"):
         load_config("digits_cnn", ["data.text=body"])
     with pytest.raises(ConfigError, match="tokenizer.preset"):

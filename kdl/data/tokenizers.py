@@ -92,10 +92,14 @@ class TextTokenizer:
         return [] if self.kind == "bytes" else list(self.tokenizer.get_vocabulary())
 
     def tf_function(self):
-        """`strings (batch,) -> int32 ids (batch, sequence_length)`, for `tf.data.map`."""
+        """`strings (batch,) -> int32 ids (batch, sequence_length)`, for `tf.data.map`:
+        one `tf.function`, traced once and reused by every pipeline (KerasHub's BPE graph
+        takes seconds to trace)."""
         import keras_hub
         import tensorflow as tf
 
+        if getattr(self, "_fn", None) is not None:
+            return self._fn
         packer = keras_hub.layers.StartEndPacker(
             self.sequence_length, start_value=self.start_id, end_value=self.end_id,
             pad_value=self.pad_id, dtype="int32")
@@ -107,7 +111,9 @@ class TextTokenizer:
             ids = self.tokenizer(texts)
             return tf.cast(packer(ids), tf.int32)
 
-        return fn
+        self._fn = tf.function(fn, input_signature=[tf.TensorSpec([None], tf.string)],
+                               autograph=False)
+        return self._fn
 
 
 def _learn_wordpiece(texts, vocab_size, lowercase, strip_accents, specials):

@@ -520,12 +520,13 @@ def _check_text(data: DataConfig, model: ModelConfig, tokenizer: TokenizerConfig
                           f">= 8 (got {t.sequence_length} and {t.vocab_size})")
     if t.preset is not None and not Path(t.preset).expanduser().is_dir():
         raise ConfigError(f"tokenizer.preset {t.preset!r} is not a local directory (a KerasHub "
-                          "preset or a Hugging Face checkpoint holding vocab.txt)")
-    if t.preset is not None and t.kind != "wordpiece":
-        raise ConfigError(f"tokenizer.preset loads WordPiece vocabularies; tokenizer.kind="
-                          f"{t.kind} is learned from the training split: drop tokenizer.preset "
-                          "or set tokenizer.kind=wordpiece")
-    if t.kind == "byte_pair" and t.vocab_size <= len(t.special_tokens) + 256:
+                          "preset, a Hugging Face checkpoint holding vocab.txt, or for "
+                          "byte_pair vocab.json + merges.txt)")
+    if t.preset is not None and t.kind not in ("wordpiece", "byte_pair"):
+        raise ConfigError(f"tokenizer.preset loads WordPiece or byte_pair vocabularies; "
+                          f"tokenizer.kind={t.kind} is learned from the training split: drop "
+                          "tokenizer.preset or set tokenizer.kind=wordpiece or byte_pair")
+    if t.kind == "byte_pair" and not t.preset and t.vocab_size <= len(t.special_tokens) + 256:
         raise ConfigError(f"tokenizer.kind=byte_pair needs tokenizer.vocab_size > "
                           f"{len(t.special_tokens) + 256} ({len(t.special_tokens)} special "
                           f"tokens + 256 byte symbols), got {t.vocab_size}")

@@ -18,12 +18,19 @@ no trainer, so `learn_byte_pair` learns the merges here, small and deterministic
 The vocabulary is the special tokens (the first is padding, id 0), the 256 byte
 symbols in byte order, then each new merged token in merge order, up to
 `vocab_size` tokens.
+
+`load_byte_pair` reads a local GPT-2 / RoBERTa directory (`vocab.json` +
+`merges.txt`, or a KerasHub preset's `assets/tokenizer/vocabulary.json` +
+`merges.txt`) instead: its merges as they are, its tokens re-numbered after the
+special tokens (id 0 must be padding here; GPT-2's id 0 is "!").
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from kdl.data.core import DataError
 
@@ -144,3 +151,40 @@ def learn_byte_pair(texts, vocab_size: int, special_tokens: list[str],
             seen.add(a + b)
             vocab.append(a + b)
     return vocab, [f"{a} {b}" for a, b in merges]
+
+
+PRESET_FILES = (("vocab.json", "merges.txt"),
+                ("assets/tokenizer/vocabulary.json", "assets/tokenizer/merges.txt"))
+
+
+def load_byte_pair(preset: str, special_tokens: list[str]) -> tuple[list[str], list[str]]:
+    """`(vocabulary by id, merges)` of a local byte-level BPE directory, its tokens
+    re-numbered after `special_tokens`; every byte symbol and every merge's parts and
+    result must be in its vocabulary (else no id for them)."""
+    p = Path(preset).expanduser()
+    found = next(((p / v, p / m) for v, m in PRESET_FILES
+                  if (p / v).is_file() and (p / m).is_file()), None)
+    if found is None:
+        raise DataError(f"tokenizer.preset {preset!r} holds no byte-pair vocabulary: expected "
+                        "vocab.json + merges.txt (GPT-2 / RoBERTa layout) or a KerasHub preset's "
+                        "assets/tokenizer/vocabulary.json + merges.txt")
+    try:
+        ids = json.loads(found[0].read_text(encoding="utf-8"))
+        lines = found[1].read_text(encoding="utf-8").splitlines()
+    except (ValueError, OSError) as e:
+        raise DataError(f"tokenizer.preset {preset!r}: cannot read its vocabulary ({e})") from None
+    if not isinstance(ids, dict):
+        raise DataError(f"{found[0]}: must map each token to an id")
+    merges = [m for m in lines if m.strip() and not m.lstrip().startswith("#version")]
+    missing = [s for s in byte_symbols() if s not in ids]
+    if missing:
+        raise DataError(f"{found[0]}: lacks {len(missing)} of the 256 byte symbols (e.g. "
+                        f"{missing[0]!r}); it is not a byte-level BPE vocabulary")
+    for n, m in enumerate(merges):
+        parts = m.split(" ")
+        if len(parts) != 2 or not all(t in ids for t in (*parts, "".join(parts))):
+            raise DataError(f"{found[1]}: merge {n + 1} {m!r} is not two tokens of the "
+                            "vocabulary whose concatenation is in it too")
+    reserved = set(special_tokens)
+    vocab = list(special_tokens) + [t for t in sorted(ids, key=ids.get) if t not in reserved]
+    return vocab, merges

@@ -191,7 +191,8 @@ def fit_tokenizer(train_texts, *, kind: str = "wordpiece", vocab_size: int = 400
             default `[PAD] [UNK] [CLS] [SEP] [MASK]`.
         start_token, end_token: added around each text (e.g. `[CLS]`, `[SEP]` for BERT).
         preset: a local KerasHub preset or Hugging Face directory whose vocabulary
-            (and case handling) is used instead of learning one.
+            (and case handling) is used instead of learning one; for byte_pair a
+            GPT-2 / RoBERTa `vocab.json` + `merges.txt` directory (`load_byte_pair`).
     """
     import keras_hub
 
@@ -201,19 +202,23 @@ def fit_tokenizer(train_texts, *, kind: str = "wordpiece", vocab_size: int = 400
         raise DataError(f"tokenizer: sequence_length must be >= 1 and vocab_size >= 8 (got "
                         f"{sequence_length} and {vocab_size})")
     texts = [str(t) for t in train_texts]
-    if preset:
-        if kind != "wordpiece":
-            raise DataError("tokenizer.preset loads WordPiece vocabularies: set "
-                            "tokenizer.kind=wordpiece")
-        return _from_preset(preset, sequence_length, start_token, end_token)
+    if preset and kind not in ("wordpiece", "byte_pair"):
+        raise DataError("tokenizer.preset loads WordPiece or byte_pair vocabularies: set "
+                        "tokenizer.kind=wordpiece or byte_pair")
     if kind == "byte_pair":
         specials = list(special_tokens or WORDPIECE_SPECIALS)
         if specials[0] != "[PAD]":
             raise DataError(f"tokenizer.special_tokens must start with '[PAD]' (id 0); got "
                             f"{specials}")
-        vocab, merges = byte_pair.learn_byte_pair(texts, vocab_size, specials, lowercase)
-        return _byte_pair(vocab, merges, sequence_length, start_token, end_token,
-                          {"lowercase": lowercase, "special_tokens": specials})
+        options = {"lowercase": lowercase, "special_tokens": specials}
+        if preset:
+            vocab, merges = byte_pair.load_byte_pair(preset, specials)
+            options["preset"] = str(preset)
+        else:
+            vocab, merges = byte_pair.learn_byte_pair(texts, vocab_size, specials, lowercase)
+        return _byte_pair(vocab, merges, sequence_length, start_token, end_token, options)
+    if preset:
+        return _from_preset(preset, sequence_length, start_token, end_token)
     if kind == "bytes":
         tok = keras_hub.tokenizers.ByteTokenizer(lowercase=lowercase, dtype="int32")
         return TextTokenizer(tok, kind, sequence_length, options={"lowercase": lowercase})

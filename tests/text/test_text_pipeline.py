@@ -90,7 +90,8 @@ BAD = [
     (["model.name=cnn"], "does not take token ids"),
     (["tokenizer.kind=byte_pair", "tokenizer.vocab_size=200"],
      "byte_pair needs tokenizer.vocab_size > 261"),
-    (["tokenizer.kind=sentencepiece", "tokenizer.preset=."], "loads WordPiece vocabularies"),
+    (["tokenizer.kind=sentencepiece", "tokenizer.preset=."],
+     "loads WordPiece or byte_pair vocabularies"),
     (["tokenizer.preset=/nope"], "is not a local directory"),
     (["data.path=one.csv"], "label 'rare' has a single example"),
 ]

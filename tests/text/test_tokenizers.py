@@ -1,6 +1,8 @@
 """KerasHub tokenizers learned on the training split, and the plain-Python reference
 tokenizer that must agree with them id for id (what an app ports)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,26 @@ def test_byte_pair_contract_without_a_step_disagrees(byte_pair_tok, step):
     strings = HARD_STRINGS + BPE_STRINGS
     ids = tokenize(byte_pair_tok, strings)
     assert any(ref.encode(t) != list(i) for t, i in zip(strings, ids, strict=True))
+
+
+@pytest.mark.once
+def test_byte_pair_from_a_local_gpt2_layout_directory(byte_pair_tok, tmp_path):
+    """tokenizer.preset for byte_pair: a GPT-2-layout vocab.json (id 0 is not padding, an
+    extra special token last) + merges.txt; the merges are used as they are, the tokens
+    re-numbered after [PAD] ...; the reference still agrees, and a broken merge is refused."""
+    learned = byte_pair_tok.vocabulary()[5:]  # byte symbols + merged tokens, no specials
+    (tmp_path / "vocab.json").write_text(json.dumps(
+        {t: i for i, t in enumerate(learned + ["<|endoftext|>"])}), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{m}\n" for m in byte_pair_tok.merges), encoding="utf-8")
+    tok = fit_tokenizer([], kind="byte_pair", preset=str(tmp_path), sequence_length=24)
+    assert tok.vocabulary()[:5] == byte_pair_tok.vocabulary()[:5]
+    assert tok.vocab_size == byte_pair_tok.vocab_size + 1  # + <|endoftext|>
+    strings = HARD_STRINGS + BPE_STRINGS
+    np.testing.assert_array_equal(_agree(tok, strings), tokenize(byte_pair_tok, strings))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nq zz\n", encoding="utf-8")
+    with pytest.raises(DataError, match="merge 1 'q zz'"):
+        fit_tokenizer([], kind="byte_pair", preset=str(tmp_path))
 
 
 @pytest.mark.once

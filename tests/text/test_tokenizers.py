@@ -87,14 +87,14 @@ def test_reference_byte_pair_agrees_with_kerashub(byte_pair_tok, cased):
 
 
 @pytest.mark.once
-@pytest.mark.parametrize("step", ["lowercase", "pre_split"])
-def test_byte_pair_contract_without_a_step_disagrees(byte_pair_tok, step):
-    spec = tokenizer_spec(byte_pair_tok)
-    spec["normalization"] = [s for s in spec["normalization"] if s["step"] != step]
-    ref = ReferenceTokenizer(spec, spec["vocabulary"], merges=spec["merges"])
+def test_byte_pair_contract_without_a_step_disagrees(byte_pair_tok):
     strings = HARD_STRINGS + BPE_STRINGS
     ids = tokenize(byte_pair_tok, strings)
-    assert any(ref.encode(t) != list(i) for t, i in zip(strings, ids, strict=True))
+    for step in ("lowercase", "pre_split"):
+        spec = tokenizer_spec(byte_pair_tok)
+        spec["normalization"] = [s for s in spec["normalization"] if s["step"] != step]
+        ref = ReferenceTokenizer(spec, spec["vocabulary"], merges=spec["merges"])
+        assert any(ref.encode(t) != list(i) for t, i in zip(strings, ids, strict=True)), step
 
 
 @pytest.mark.once
@@ -161,10 +161,7 @@ def test_spec_round_trip_and_training_split_only():
     again = tokenizer_from_spec(tokenizer_spec(tok))
     texts = ["alpha gamma delta", "beta"]
     np.testing.assert_array_equal(tokenize(tok, texts), tokenize(again, texts))
-    bpe = fit_tokenizer(["alpha beta", "beta gamma"] * 3, kind="byte_pair", vocab_size=300,
-                        sequence_length=6)
-    np.testing.assert_array_equal(tokenize(bpe, texts),
-                                  tokenize(tokenizer_from_spec(tokenizer_spec(bpe)), texts))
+    # byte_pair's round trip: the bundle test's golden ids come from tokenizer_from_spec
 
 
 @pytest.mark.once

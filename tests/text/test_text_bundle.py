@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from kdl.data import load_splits
@@ -14,6 +15,7 @@ from kdl.data.tokenizers import HARD_STRINGS, tokenize, tokenizer_from_spec
 from kdl.export import export
 from kdl.export.bundle import write_bundle
 from kdl.models import build_model
+from pipelines.predict import predict
 from pipelines.verify_bundle import verify_bundle
 
 pytestmark = [pytest.mark.once, pytest.mark.tf_only]  # export converts with TensorFlow
@@ -148,6 +150,11 @@ def test_learned_subword_bundle_replays_its_strings(tmp_path, kind, vocab_size, 
     code, lines = verify_bundle(path)
     assert code == 0 and lines[0].startswith(f"PASS tokenizer {kind}"), lines
     golden = json.loads((path / "golden.json").read_text())
+    # predict --text tokenizes with the reference from the bundle's files (the .model file,
+    # vocab.json + merges.txt) and gives the file's own golden outputs
+    got = [p["top"][0]["class"] for p in predict(path, strings[:3])["predictions"]]
+    want = np.asarray(golden["expected"]["model_fp32.tflite"]["outputs"][0]["data"]).argmax(1)
+    assert got == list(want[:3])
     golden["inputs"][0]["data"][0][1] += 1
     (path / "golden.json").write_text(json.dumps(golden))
     code, lines = verify_bundle(path)

@@ -101,7 +101,7 @@ class TokenizerConfig:
     lowercase: bool = True
     strip_accents: bool = True  # WordPiece only
     sequence_length: int = 64  # ids per text: truncated and padded on the right (id 0)
-    special_tokens: list[str] = field(  # WordPiece reserved tokens, [PAD] first (id 0)
+    special_tokens: list[str] = field(  # WordPiece/byte_pair reserved tokens, [PAD] first
         default_factory=lambda: ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     start_token: str | None = None  # added before each text, e.g. "[CLS]" for BERT
     end_token: str | None = None  # ... and after it, e.g. "[SEP]"
@@ -520,10 +520,16 @@ def _check_text(data: DataConfig, model: ModelConfig, tokenizer: TokenizerConfig
                           f">= 8 (got {t.sequence_length} and {t.vocab_size})")
     if t.preset is not None and not Path(t.preset).expanduser().is_dir():
         raise ConfigError(f"tokenizer.preset {t.preset!r} is not a local directory (a KerasHub "
-                          "preset or a Hugging Face checkpoint holding vocab.txt)")
-    if t.kind == "byte_pair" and not t.preset:
-        raise ConfigError("tokenizer.kind=byte_pair: KerasHub learns no BPE merges; use "
-                          "wordpiece or sentencepiece (learned) or bytes")
+                          "preset, a Hugging Face checkpoint holding vocab.txt, or for "
+                          "byte_pair vocab.json + merges.txt)")
+    if t.preset is not None and t.kind not in ("wordpiece", "byte_pair"):
+        raise ConfigError(f"tokenizer.preset loads WordPiece or byte_pair vocabularies; "
+                          f"tokenizer.kind={t.kind} is learned from the training split: drop "
+                          "tokenizer.preset or set tokenizer.kind=wordpiece or byte_pair")
+    if t.kind == "byte_pair" and not t.preset and t.vocab_size <= len(t.special_tokens) + 256:
+        raise ConfigError(f"tokenizer.kind=byte_pair needs tokenizer.vocab_size > "
+                          f"{len(t.special_tokens) + 256} ({len(t.special_tokens)} special "
+                          f"tokens + 256 byte symbols), got {t.vocab_size}")
     if t.kind == "bytes" and (t.start_token or t.end_token):
         raise ConfigError("tokenizer.kind=bytes has no start/end tokens: drop "
                           "tokenizer.start_token/end_token")

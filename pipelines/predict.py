@@ -129,13 +129,11 @@ def load_texts(contract: dict, items: list[str], bundle: Path | None = None
     if not items:
         raise PredictError("no input texts given: use --text \"...\" or --lines FILE")
     spec = contract["preprocessing"]["tokenizer"]
-    supported, reference, read_vocabulary = _reference_tokenizer()
+    supported, reference, _ = _reference_tokenizer()
     if spec["kind"] not in supported:
         raise PredictError(f"this bundle's tokenizer is {spec['kind']}; predict tokenizes "
                            f"{', '.join(supported)} (run the SentencePiece runtime in the app)")
-    vocab = read_vocabulary(bundle / spec["vocabulary_file"]) if spec.get(
-        "vocabulary_file") else []
-    tok = reference(spec, vocab)
+    tok = reference.from_bundle(bundle, spec)
     return list(items), [np.asarray(tok.encode(t), "int32") for t in items]
 
 

@@ -5,9 +5,11 @@ model takes, following the `tokenizer` block of `contract.json` step by step
 (its `normalization` list, in order). `verify-bundle` replays the golden
 strings through it, and a test checks that it agrees with KerasHub's
 tokenizer (which ran in training's tf.data pipeline) on the golden strings and
-on a fuzz corpus. Kinds: `wordpiece`, `bytes` and `sentencepiece` (unigram models,
+on a fuzz corpus. Kinds: `wordpiece`, `bytes`, `sentencepiece` (unigram models,
 read from the bundled `.model` file: its precompiled normalization map, whitespace
-rules and piece scores; `SentencePieceModel`).
+rules and piece scores; `SentencePieceModel`) and `byte_pair` (GPT-2-style byte-level
+BPE from `vocab.json` + `merges.txt`: KerasHub's regex pre-split, the byte -> symbol
+map, merges by rank; `BytePairModel`).
 
 Porting notes: Python's `unicodedata` supplies NFD/NFKC and the general
 categories (Mn, Cc, Cf, P*); `str.casefold` is Unicode full case folding.
@@ -17,8 +19,11 @@ Apps need the same Unicode tables (ICU, Java's `Normalizer`, Swift's
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 import unicodedata
+from pathlib import Path
 
 # CJK ideograph blocks split off as words of their own (BERT's list).
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
@@ -30,7 +35,7 @@ DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x11
                      (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
                      (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
 ASCII_WHITESPACE = " \t\n\r\f"
-SUPPORTED = ("wordpiece", "bytes", "sentencepiece")
+SUPPORTED = ("wordpiece", "bytes", "sentencepiece", "byte_pair")
 
 
 def _in(ranges, c: str) -> bool:
@@ -88,9 +93,15 @@ def split_words(text: str) -> list[str]:
 
 
 def read_vocabulary(path) -> list[str]:
-    """The vocabulary file: UTF-8, one token per line (only "\\n" ends a line), id = line."""
+    """The vocabulary file: UTF-8, one token per line (only "\\n" ends a line), id = line;
+    or a `.json` file mapping token -> id (byte_pair's vocab.json), as a list by id."""
     with open(path, encoding="utf-8", newline="") as fh:
         content = fh.read()
+    if str(path).endswith(".json"):
+        ids = json.loads(content)
+        if not isinstance(ids, dict) or sorted(ids.values()) != list(range(len(ids))):
+            raise ValueError(f"{path}: must map each token to an id, ids 0..n-1 once each")
+        return sorted(ids, key=ids.get)
     return content.split("\n")[:-1] if content.endswith("\n") else content.split("\n")
 
 
@@ -101,9 +112,11 @@ class ReferenceTokenizer:
         spec: the contract's `tokenizer` block.
         vocabulary: the vocabulary file's lines (id = line number); empty for bytes.
         model: the SentencePiece `.model` file's bytes (sentencepiece only).
+        merges: merges.txt's "left right" lines, rank order (byte_pair only).
     """
 
-    def __init__(self, spec: dict, vocabulary: list[str] = (), model: bytes = b""):
+    def __init__(self, spec: dict, vocabulary: list[str] = (), model: bytes = b"",
+                 merges: list[str] = ()):
         self.spec = spec
         self.kind = spec["kind"]
         if self.kind not in SUPPORTED:
@@ -113,6 +126,25 @@ class ReferenceTokenizer:
         self.length = int(spec["sequence_length"])
         self.steps = [s["step"] for s in spec["normalization"]]
         self.sentencepiece = SentencePieceModel(model) if self.kind == "sentencepiece" else None
+        self.byte_pair = None
+        if self.kind == "byte_pair":
+            if spec.get("pre_split_patterns", KERAS_HUB_SPLIT) != KERAS_HUB_SPLIT:
+                raise NotImplementedError("the reference implements KerasHub's GPT-2 pre-split "
+                                          "patterns; the contract names others")
+            self.byte_pair = BytePairModel(vocabulary, merges, split="pre_split" in self.steps)
+
+    @classmethod
+    def from_bundle(cls, bundle_dir, spec: dict) -> ReferenceTokenizer:
+        """The tokenizer of a bundle: `spec` is its contract's `tokenizer` block, whose
+        files (vocabulary, SentencePiece model, merges) are read from `bundle_dir`."""
+        bundle_dir = Path(bundle_dir)
+        vocab = (read_vocabulary(bundle_dir / spec["vocabulary_file"])
+                 if spec.get("vocabulary_file") else [])
+        model = (bundle_dir / spec["sentencepiece_model_file"]).read_bytes() if spec.get(
+            "sentencepiece_model_file") else b""
+        merges = read_merges(bundle_dir / spec["merges_file"]) if spec.get(
+            "merges_file") else []
+        return cls(spec, vocab, model, merges)
 
     def words(self, text: str) -> list[str]:
         """The WordPiece pre-tokenization of `text` (normalized words)."""
@@ -145,9 +177,11 @@ class ReferenceTokenizer:
         """Ids before packing (no start/end, no truncation, no padding)."""
         if self.sentencepiece is not None:
             return self.sentencepiece.encode(text)
-        if self.kind == "bytes":
+        if self.kind in ("bytes", "byte_pair"):
             if "lowercase" in self.steps:
                 text = nfkc_casefold(text)
+            if self.byte_pair is not None:
+                return self.byte_pair.encode(text)
             return list(text.encode("utf-8"))
         return [i for w in self.words(text) for i in self.wordpiece(w)]
 
@@ -157,6 +191,142 @@ class ReferenceTokenizer:
         ids = self.tokens(text)[:room]
         ids = ([start] if start is not None else []) + ids + ([end] if end is not None else [])
         return ids + [int(self.spec["pad_id"])] * (self.length - len(ids))
+
+
+# --- Byte-level BPE (GPT-2 style), from vocab.json + merges.txt --------------------------
+# KerasHub's BytePairTokenizer (keras_hub 0.32, its tf.data path) pre-splits with RE2
+# regexes whose \p{L} / \p{N} classes and \s are rebuilt here for Python's `re`:
+# RE2's \s is ASCII [\t\n\f\r ] only (no \v, no Unicode spaces), and RE2's `$` is the end
+# of the text (Python's `\Z`). The marker U+096C (DEVANAGARI DIGIT SIX) stands in for
+# GPT-2's lookahead; tokens that are just the marker are dropped afterwards (so a lone
+# U+096C in the text vanishes too, as in KerasHub).
+
+MARKER = "\u096c"
+SPECIAL_SPACES = "\u00a0\u2009\u202f\u3000"
+RE2_SPACE = "\t\n\f\r "
+# The patterns as KerasHub writes them (RE2 syntax); the contract carries them, and the
+# reference checks that they are the ones it implements.
+KERAS_HUB_SPLIT = {
+    "mark_before_word": r"( )([^\s\x{a0}\x{2009}\x{202f}\x{3000}])",
+    "mark_at_end": r"(\s\x{a0}\x{2009}\x{202f}\x{3000})$",
+    "split": (r"'s|'t|'re|'ve|'m|'ll|'d|[\s\x{a0}\x{2009}\x{202f}\x{3000}]+"
+              r"[\n\r\t\f६\x{a0}\x{2009}\x{202f}\x{3000}]| ?\p{L}+| ?[\p{N}]+|"
+              r" ?[^\s\p{L}\p{N}\x{a0}\x{2009}\x{202f}\x{3000}]+"),
+    "split_last_space": r"[ \t\r\f\v६\x{a0}\x{2009}\x{202f}\x{3000}]$",
+}
+_PATTERNS: dict = {}
+
+
+def _class(prefix: str) -> str:
+    """A `re` character class body of every code point whose general category starts
+    with `prefix` ("L": letters Lu Ll Lt Lm Lo, "N": numbers Nd Nl No)."""
+    ranges, start, prev = [], None, None
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        if unicodedata.category(chr(cp)).startswith(prefix):
+            if start is None:
+                start = cp
+            elif cp != prev + 1:
+                ranges.append((start, prev))
+                start = cp
+            prev = cp
+    ranges.append((start, prev))
+    return "".join(f"\\U{lo:08x}" + (f"-\\U{hi:08x}" if hi > lo else "") for lo, hi in ranges)
+
+
+def _patterns() -> dict:
+    """KERAS_HUB_SPLIT translated to Python `re` (compiled once)."""
+    if not _PATTERNS:
+        letters, numbers = _class("L"), _class("N")
+        sp, ws = re.escape(SPECIAL_SPACES), re.escape(RE2_SPACE)
+        _PATTERNS.update(
+            mark_before_word=re.compile(f"( )([^{ws}{sp}])"),
+            mark_at_end=re.compile(f"([{ws}]{sp})\\Z"),
+            split=re.compile(f"'s|'t|'re|'ve|'m|'ll|'d|[{ws}{sp}]+[\\n\\r\\t\\f{MARKER}{sp}]"
+                             f"| ?[{letters}]+| ?[{numbers}]+| ?[^{ws}{letters}{numbers}{sp}]+"),
+            split_last_space=re.compile(f"[ \\t\\r\\f\\v{MARKER}{sp}]\\Z"))
+    return _PATTERNS
+
+
+def regex_split(text: str, pattern) -> list[str]:
+    """TF Text's `regex_split` with the delimiters kept: the text between matches and
+    each match, in order, empty pieces left out."""
+    pieces, last = [], 0
+    for m in pattern.finditer(text):
+        if m.start() > last:
+            pieces.append(text[last:m.start()])
+        pieces.append(m.group())
+        last = m.end()
+    if last < len(text):
+        pieces.append(text[last:])
+    return [p for p in pieces if p]
+
+
+def pre_split(text: str) -> list[str]:
+    """KerasHub's `split_strings_for_bpe`: the words BPE runs on, in order."""
+    p = _patterns()
+    text = p["mark_before_word"].sub(MARKER + r"\1\2", text)
+    text = p["mark_at_end"].sub(r"\1" + MARKER, text)
+    words = [w for piece in regex_split(text, p["split"])
+             for w in regex_split(piece, p["split_last_space"])]
+    return [w for w in words if w != MARKER]
+
+
+def bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> symbol map (index = byte): printable bytes 33-126, 161-172 and
+    174-255 are their own code point; the other 68, in increasing order, U+0100 on."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    symbols, extra = [""] * 256, 0
+    for b in range(256):
+        if b in keep:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return symbols
+
+
+def read_merges(path) -> list[str]:
+    """merges.txt: one "left right" merge per line, rank = order; "#version" lines skipped."""
+    with open(path, encoding="utf-8") as fh:
+        return [line.rstrip("\r\n") for line in fh if not line.lstrip().startswith("#version")]
+
+
+class BytePairModel:
+    """`encode(text) -> ids` of a byte-level BPE vocabulary + merges, as KerasHub does.
+
+    Args:
+        vocabulary: tokens by id (vocab.json's token -> id, as a list).
+        merges: "left right" pairs, lowest rank first.
+        split: pre-split the text into words first (the contract's "pre_split" step).
+    """
+
+    def __init__(self, vocabulary, merges, split: bool = True):
+        self.ids = {t: i for i, t in enumerate(vocabulary)}
+        self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(merges)}
+        self.symbols = bytes_to_unicode()
+        self.split = split
+        self.cache: dict[str, list[int]] = {}
+
+    def word(self, word: str) -> list[int]:
+        """One word: its bytes as symbols, then the leftmost lowest-rank adjacent pair
+        merged, again and again, until no adjacent pair is a merge."""
+        if word not in self.cache:
+            parts = [self.symbols[b] for b in word.encode("utf-8")]
+            while len(parts) > 1:
+                ranks = [self.ranks.get(pair) for pair in zip(parts, parts[1:], strict=False)]
+                found = [(r, i) for i, r in enumerate(ranks) if r is not None]
+                if not found:
+                    break
+                _, i = min(found)
+                parts[i:i + 2] = [parts[i] + parts[i + 1]]
+            self.cache[word] = [self.ids.get(p, -1) for p in parts]
+        return self.cache[word]
+
+    def encode(self, text: str) -> list[int]:
+        words = pre_split(text) if self.split else ([text] if text else [])
+        return [i for w in words for i in self.word(w)]
 
 
 # --- SentencePiece (unigram), from the `.model` file alone -------------------------------

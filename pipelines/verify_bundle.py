@@ -242,12 +242,14 @@ def _check_image(value, where: str, v: _Validation) -> None:
 
 TOKENIZER_KINDS = ("wordpiece", "sentencepiece", "byte_pair", "bytes")
 TOKENIZER_STEPS = ("split_cjk", "strip_accents", "split", "lowercase", "wordpiece", "bytes",
-                   "sentencepiece")
+                   "sentencepiece", "pre_split", "byte_to_unicode", "byte_pair")
+ID_STEPS = ("wordpiece", "bytes", "sentencepiece", "byte_pair")  # the last step makes ids
 TOKENIZER_KEYS = ("kind", "normalization", "lowercase", "strip_accents", "vocab_size",
                   "sequence_length", "pad_id", "start_token", "start_id", "end_token", "end_id",
                   "truncation", "padding", "unknown_token", "unknown_id", "suffix_indicator",
                   "split_on_cjk", "max_bytes_per_word", "special_tokens", "vocabulary_file",
-                  "sentencepiece_model_file", "file_sha256", "applies_to")
+                  "sentencepiece_model_file", "merges_file", "pre_split_patterns",
+                  "byte_to_unicode", "file_sha256", "applies_to")
 
 
 def _check_tokenizer(value, where: str, v: _Validation) -> None:
@@ -265,9 +267,9 @@ def _check_tokenizer(value, where: str, v: _Validation) -> None:
         if name not in TOKENIZER_STEPS:
             raise _malformed(f"{where}.normalization[{i}].step",
                              f"{name!r} is not one of {list(TOKENIZER_STEPS)}")
-    if not steps or steps[-1]["step"] not in ("wordpiece", "bytes", "sentencepiece"):
-        raise _malformed(f"{where}.normalization", "must end in the step that makes ids "
-                                                   "(wordpiece, bytes or sentencepiece)")
+    if not steps or steps[-1]["step"] not in ID_STEPS:
+        raise _malformed(f"{where}.normalization", f"must end in the step that makes ids "
+                                                   f"(one of {list(ID_STEPS)})")
     for key in ("lowercase", "strip_accents"):
         _require(value, key, where, bool)
     vocab = _number(_require(value, "vocab_size", where, int), f"{where}.vocab_size", lo=1,
@@ -282,7 +284,7 @@ def _check_tokenizer(value, where: str, v: _Validation) -> None:
         _require(value, key, where, str)
     hashes = value.get("file_sha256") or {}
     _kind(hashes, dict, f"{where}.file_sha256")
-    for key in ("vocabulary_file", "sentencepiece_model_file"):
+    for key in ("vocabulary_file", "sentencepiece_model_file", "merges_file"):
         if value.get(key) is not None:
             name = _require(value, key, where, str)
             if name not in hashes:
@@ -296,6 +298,16 @@ def _check_tokenizer(value, where: str, v: _Validation) -> None:
         _require(value, "suffix_indicator", where, str)
         _number(_require(value, "max_bytes_per_word", where, int),
                 f"{where}.max_bytes_per_word", lo=1, integer=True)
+    if kind == "byte_pair":
+        for key in ("vocabulary_file", "merges_file"):
+            _require(value, key, where, str)
+        patterns = _require(value, "pre_split_patterns", where, dict)
+        for name, pattern in patterns.items():
+            _kind(pattern, str, f"{where}.pre_split_patterns[{name!r}]")
+        symbols = _require(value, "byte_to_unicode", where, list)
+        if len(symbols) != 256 or len(set(map(str, symbols))) != 256:
+            raise _malformed(f"{where}.byte_to_unicode", "must be 256 distinct symbols, one "
+                                                         "per byte value")
     for fname, entry in (v.contract.get("files") or {}).items():
         t = (entry.get("inputs") or [{}])[0]
         if t.get("dtype") != "int32" or (t.get("shape") or [None])[-1] != length:
@@ -910,14 +922,14 @@ def verify_tokenizer(bundle_dir: Path, contract: dict, golden: dict) -> tuple[li
                     f"implements {', '.join(supported)}); ids -> outputs checked")
     vocab = []
     if spec.get("vocabulary_file"):
-        vocab = read_vocabulary(bundle_dir / spec["vocabulary_file"])
+        try:
+            vocab = read_vocabulary(bundle_dir / spec["vocabulary_file"])
+        except ValueError as e:  # includes UnicodeDecodeError and JSON errors
+            raise MalformedBundleError(str(e)) from None
         if len(vocab) != spec["vocab_size"]:
             raise MalformedBundleError(f"{spec['vocabulary_file']}: {len(vocab)} tokens, the "
                                        f"contract says vocab_size {spec['vocab_size']}.")
-    model = b""
-    if spec.get("sentencepiece_model_file"):
-        model = (bundle_dir / spec["sentencepiece_model_file"]).read_bytes()
-    tok = reference(spec, vocab, model)
+    tok = reference.from_bundle(bundle_dir, spec)
     mismatches = []
     for i, s in enumerate(strings):
         got = tok.encode(s)

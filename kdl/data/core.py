@@ -502,8 +502,10 @@ def _text_splits(raw: RawData, parts: dict[str, np.ndarray], tokenizer) -> DataS
 
     tok = fit_tokenizer(raw.x[parts["train"]], **(tokenizer or {}))
     spec = tokenizer_spec(tok)
-    s = {k: Split(tokenize(tok, raw.x[idx]), raw.y[idx], text=raw.x[idx])
-         for k, idx in parts.items()}
+    ids = tokenize(tok, np.concatenate([raw.x[idx] for idx in parts.values()]))  # one pass
+    ends = np.cumsum([len(idx) for idx in parts.values()])
+    s = {k: Split(part, raw.y[idx], text=raw.x[idx])
+         for (k, idx), part in zip(parts.items(), np.split(ids, ends[:-1]), strict=True)}
     return DataSplits(
         train=s["train"], val=s["val"], test=s["test"], task=raw.task,
         label_names=list(raw.label_names),

@@ -1,10 +1,10 @@
 """Tokenizers for text datasets: KerasHub's, learned on the training split only.
 
-`fit_tokenizer` builds a KerasHub tokenizer (WordPiece, SentencePiece, bytes;
-byte-pair from a local preset only, KerasHub has no BPE trainer), learning the
-vocabulary with `compute_word_piece_vocabulary` / `compute_sentence_piece_proto`
-on the training texts, or loading it from a local KerasHub preset or Hugging
-Face directory. `tokenize` runs it (and a `StartEndPacker`: optional start/end
+`fit_tokenizer` builds a KerasHub tokenizer (WordPiece, SentencePiece, byte-level
+BPE, bytes), learning the vocabulary with `compute_word_piece_vocabulary` /
+`compute_sentence_piece_proto` / `kdl.data.byte_pair.learn_byte_pair` (KerasHub has
+no BPE trainer) on the training texts, or loading it from a local KerasHub preset or
+Hugging Face directory. `tokenize` runs it (and a `StartEndPacker`: optional start/end
 tokens, truncation and padding on the right to `sequence_length`) in a
 `tf.data` pipeline, which works on every Keras backend, and returns int32 ids.
 
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from kdl.data import byte_pair
 from kdl.data.core import DataError
 
 KINDS = ("wordpiece", "sentencepiece", "byte_pair", "bytes")
@@ -50,10 +51,12 @@ class TextTokenizer:
     """
 
     def __init__(self, tokenizer, kind: str, sequence_length: int, *, start_token=None,
-                 end_token=None, options: dict[str, Any] | None = None, proto: bytes = b""):
+                 end_token=None, options: dict[str, Any] | None = None, proto: bytes = b"",
+                 merges: list[str] | None = None):
         self.tokenizer, self.kind, self.sequence_length = tokenizer, kind, sequence_length
         self.options = dict(options or {})
         self.proto = proto
+        self.merges = list(merges or [])
         self.start_token, self.end_token = start_token, end_token
         ids = self._ids(start_token, end_token)
         self.start_id, self.end_id = ids
@@ -83,23 +86,34 @@ class TextTokenizer:
         return 256 if self.kind == "bytes" else int(self.tokenizer.vocabulary_size())
 
     def vocabulary(self) -> list[str]:
+        if self.kind == "byte_pair":
+            ids = self.tokenizer.vocabulary
+            return sorted(ids, key=ids.get)
         return [] if self.kind == "bytes" else list(self.tokenizer.get_vocabulary())
 
     def tf_function(self):
-        """`strings (batch,) -> int32 ids (batch, sequence_length)`, for `tf.data.map`."""
+        """`strings (batch,) -> int32 ids (batch, sequence_length)`, for `tf.data.map`:
+        one `tf.function`, traced once and reused by every pipeline (KerasHub's BPE graph
+        takes seconds to trace)."""
         import keras_hub
         import tensorflow as tf
 
+        if getattr(self, "_fn", None) is not None:
+            return self._fn
         packer = keras_hub.layers.StartEndPacker(
             self.sequence_length, start_value=self.start_id, end_value=self.end_id,
             pad_value=self.pad_id, dtype="int32")
 
         @tf.autograph.experimental.do_not_convert
         def fn(texts):
+            if self.kind == "byte_pair" and self.options.get("lowercase"):
+                texts = byte_pair.case_fold(texts)
             ids = self.tokenizer(texts)
             return tf.cast(packer(ids), tf.int32)
 
-        return fn
+        self._fn = tf.function(fn, input_signature=[tf.TensorSpec([None], tf.string)],
+                               autograph=False)
+        return self._fn
 
 
 def _learn_wordpiece(texts, vocab_size, lowercase, strip_accents, specials):
@@ -148,6 +162,15 @@ def _from_preset(preset: str, sequence_length: int, start_token, end_token):
                          end_token=end_token, options={**options, "preset": str(p)})
 
 
+def _byte_pair(vocab, merges, sequence_length, start_token, end_token, options):
+    import keras_hub
+
+    tok = keras_hub.tokenizers.BytePairTokenizer(
+        vocabulary={t: i for i, t in enumerate(vocab)}, merges=merges, dtype="int32")
+    return TextTokenizer(tok, "byte_pair", sequence_length, start_token=start_token,
+                         end_token=end_token, options=options, merges=merges)
+
+
 def fit_tokenizer(train_texts, *, kind: str = "wordpiece", vocab_size: int = 4000,
                   lowercase: bool = True, strip_accents: bool = True,
                   sequence_length: int = 64, special_tokens: list[str] | None = None,
@@ -158,16 +181,18 @@ def fit_tokenizer(train_texts, *, kind: str = "wordpiece", vocab_size: int = 400
     Args:
         train_texts: the training split's strings.
         kind: "wordpiece", "sentencepiece", "bytes" (UTF-8 bytes, no vocabulary)
-            or "byte_pair" (needs `preset`; KerasHub learns no BPE merges).
+            or "byte_pair" (GPT-2-style byte-level BPE, merges learned by
+            `kdl.data.byte_pair`).
         vocab_size: the most tokens to learn (WordPiece may learn fewer).
         lowercase, strip_accents: normalization (`strip_accents`: WordPiece only).
         sequence_length: ids per text: truncated on the right, padded on the right
             with id 0.
-        special_tokens: reserved WordPiece tokens, `[PAD]` first (id 0); default
-            `[PAD] [UNK] [CLS] [SEP] [MASK]`.
+        special_tokens: reserved WordPiece / byte_pair tokens, `[PAD]` first (id 0);
+            default `[PAD] [UNK] [CLS] [SEP] [MASK]`.
         start_token, end_token: added around each text (e.g. `[CLS]`, `[SEP]` for BERT).
         preset: a local KerasHub preset or Hugging Face directory whose vocabulary
-            (and case handling) is used instead of learning one.
+            (and case handling) is used instead of learning one; for byte_pair a
+            GPT-2 / RoBERTa `vocab.json` + `merges.txt` directory (`load_byte_pair`).
     """
     import keras_hub
 
@@ -177,14 +202,23 @@ def fit_tokenizer(train_texts, *, kind: str = "wordpiece", vocab_size: int = 400
         raise DataError(f"tokenizer: sequence_length must be >= 1 and vocab_size >= 8 (got "
                         f"{sequence_length} and {vocab_size})")
     texts = [str(t) for t in train_texts]
-    if preset:
-        if kind != "wordpiece":
-            raise DataError("tokenizer.preset loads WordPiece vocabularies: set "
-                            "tokenizer.kind=wordpiece")
-        return _from_preset(preset, sequence_length, start_token, end_token)
+    if preset and kind not in ("wordpiece", "byte_pair"):
+        raise DataError("tokenizer.preset loads WordPiece or byte_pair vocabularies: set "
+                        "tokenizer.kind=wordpiece or byte_pair")
     if kind == "byte_pair":
-        raise DataError("tokenizer.kind=byte_pair needs merges that KerasHub cannot learn: use "
-                        "wordpiece or sentencepiece (learned), or bytes")
+        specials = list(special_tokens or WORDPIECE_SPECIALS)
+        if specials[0] != "[PAD]":
+            raise DataError(f"tokenizer.special_tokens must start with '[PAD]' (id 0); got "
+                            f"{specials}")
+        options = {"lowercase": lowercase, "special_tokens": specials}
+        if preset:
+            vocab, merges = byte_pair.load_byte_pair(preset, specials)
+            options["preset"] = str(preset)
+        else:
+            vocab, merges = byte_pair.learn_byte_pair(texts, vocab_size, specials, lowercase)
+        return _byte_pair(vocab, merges, sequence_length, start_token, end_token, options)
+    if preset:
+        return _from_preset(preset, sequence_length, start_token, end_token)
     if kind == "bytes":
         tok = keras_hub.tokenizers.ByteTokenizer(lowercase=lowercase, dtype="int32")
         return TextTokenizer(tok, kind, sequence_length, options={"lowercase": lowercase})
@@ -227,15 +261,36 @@ def tokenize(tok: TextTokenizer, texts, batch_size: int = 512) -> np.ndarray:
     return np.concatenate([b.numpy() for b in ds]).astype("int32")
 
 
+BYTE_PAIR_STEPS = [
+    {"step": "pre_split", "how": "KerasHub's GPT-2 pre-split, the RE2 patterns in "
+     "pre_split_patterns in order (RE2: \\s is [\\t\\n\\f\\r ] only, \\p{L} letters, "
+     "\\p{N} numbers, $ the end of the text, leftmost-first alternation): "
+     "mark_before_word (replace all) -> '\u096c\\1\\2'; mark_at_end -> '\\1\u096c'; "
+     "then split keeping every match and the text between matches (split); then split each "
+     "piece the same way with split_last_space; drop empty pieces and pieces that are just "
+     "the marker U+096C"},
+    {"step": "byte_to_unicode", "how": "per word, its UTF-8 bytes, each written as the "
+     "symbol byte_to_unicode[byte] (GPT-2: bytes 33-126, 161-172, 174-255 are their own "
+     "code point; the other 68, in increasing order, U+0100 on)"},
+    {"step": "byte_pair", "how": "per word, repeatedly merge the leftmost adjacent symbol "
+     "pair with the lowest rank (its line in merges_file, '#version' lines skipped) into "
+     "one symbol, until no adjacent pair is in merges_file; id = vocabulary_file[symbol] "
+     "(vocab.json, token -> id; every byte symbol and merge result is in it)"},
+]
+
+
 def normalization_steps(tok: TextTokenizer) -> list[dict[str, Any]]:
     """What the tokenizer does to a string, in order (the contract's words)."""
     o = tok.options
-    if tok.kind == "bytes":
+    if tok.kind in ("bytes", "byte_pair"):
         steps = []
         if o.get("lowercase"):
             steps.append({"step": "lowercase", "how": "Unicode NFKC_Casefold: NFKC, full case "
                           "folding, NFKC, drop default-ignorable code points"})
-        return steps + [{"step": "bytes", "how": "UTF-8 bytes of the string, id = byte value"}]
+        if tok.kind == "bytes":
+            return steps + [{"step": "bytes", "how": "UTF-8 bytes of the string, id = byte "
+                             "value"}]
+        return steps + BYTE_PAIR_STEPS
     if tok.kind == "sentencepiece":
         return [{"step": "sentencepiece", "how": "the SentencePiece model file (unigram; "
                  f"normalization {'nmt_nfkc_cf' if o.get('lowercase') else 'nmt_nfkc'})"}]
@@ -283,6 +338,11 @@ def tokenizer_spec(tok: TextTokenizer) -> dict[str, Any]:
                     vocabulary=vocab)
     elif tok.kind == "sentencepiece":
         spec.update(unknown_id=1, proto_hex=tok.proto.hex())
+    elif tok.kind == "byte_pair":
+        spec.update(special_tokens=o.get("special_tokens"),
+                    pre_split_patterns=byte_pair.split_patterns(),
+                    byte_to_unicode=byte_pair.byte_symbols(), vocabulary=tok.vocabulary(),
+                    merges=tok.merges)
     if "preset" in o:
         spec["preset"] = o["preset"]
     return spec
@@ -302,6 +362,10 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> TextTokenizer:
         tok = keras_hub.tokenizers.SentencePieceTokenizer(proto=proto, dtype="int32")
         return TextTokenizer(tok, kind, length, options={"lowercase": spec["lowercase"]},
                              proto=proto, **ends)
+    if kind == "byte_pair":
+        return _byte_pair(spec["vocabulary"], spec["merges"], length, options={
+            "lowercase": spec["lowercase"], "special_tokens": spec.get("special_tokens")},
+            **ends)
     options = {"lowercase": spec["lowercase"], "strip_accents": spec["strip_accents"]}
     tok = keras_hub.tokenizers.WordPieceTokenizer(
         vocabulary=list(spec["vocabulary"]), oov_token=spec["unknown_token"], dtype="int32",

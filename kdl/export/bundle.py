@@ -159,13 +159,22 @@ def _normalization_dict(normalization) -> dict[str, Any] | None:
 
 VOCABULARY_FILE = "vocabulary.txt"
 SENTENCEPIECE_FILE = "tokenizer.model"
+BPE_VOCABULARY_FILE = "vocab.json"  # byte_pair: token -> id
+MERGES_FILE = "merges.txt"  # byte_pair: "left right" per line, rank order
 
 
 def _tokenizer_block(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The contract's `preprocessing.tokenizer` block and the files it names."""
-    block = {k: v for k, v in spec.items() if k not in ("vocabulary", "proto_hex", "preset")}
+    block = {k: v for k, v in spec.items()
+             if k not in ("vocabulary", "proto_hex", "preset", "merges")}
     files: dict[str, bytes] = {}
-    if spec.get("vocabulary"):
+    if spec.get("kind") == "byte_pair":  # GPT-2 / RoBERTa layout
+        vocab = {str(t): i for i, t in enumerate(spec["vocabulary"])}
+        files[BPE_VOCABULARY_FILE] = json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+        files[MERGES_FILE] = "".join(f"{m}\n" for m in ["#version: 0.2", *spec["merges"]]
+                                     ).encode("utf-8")
+        block.update(vocabulary_file=BPE_VOCABULARY_FILE, merges_file=MERGES_FILE)
+    elif spec.get("vocabulary"):
         vocab = [str(t) for t in spec["vocabulary"]]
         if any("\n" in t for t in vocab):
             raise ValueError("a vocabulary token holds a newline; it cannot be a line of "

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from kdl.data import load_splits
@@ -14,6 +15,7 @@ from kdl.data.tokenizers import HARD_STRINGS, tokenize, tokenizer_from_spec
 from kdl.export import export
 from kdl.export.bundle import write_bundle
 from kdl.models import build_model
+from pipelines.predict import predict
 from pipelines.verify_bundle import verify_bundle
 
 pytestmark = [pytest.mark.once, pytest.mark.tf_only]  # export converts with TensorFlow
@@ -125,12 +127,15 @@ def test_predict_text_gives_the_keras_label(bundle, tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_sentencepiece_bundle_replays_its_strings(tmp_path):
+@pytest.mark.parametrize("kind,vocab_size,files", [
+    ("sentencepiece", 70, ["sentencepiece_model_file"]),
+    ("byte_pair", 300, ["vocabulary_file", "merges_file"])])
+def test_learned_subword_bundle_replays_its_strings(tmp_path, kind, vocab_size, files):
     """verify-bundle replays golden strings through the plain-Python SentencePiece (read
-    from the bundled `.model` file), and a changed golden id fails it."""
+    from the bundled `.model` file) or byte-level BPE (vocab.json + merges.txt), and a
+    changed golden id fails it."""
     s = load_splits("reviews", n=300, seed=0,
-                    tokenizer={"kind": "sentencepiece", "vocab_size": 70,
-                               "sequence_length": 16})
+                    tokenizer={"kind": kind, "vocab_size": vocab_size, "sequence_length": 16})
     keras.utils.set_random_seed(0)
     model = build_model("bag_of_embeddings", s.input_shape, 3, preset="tiny",
                         vocab_size=s.info["vocab_size"])
@@ -141,10 +146,15 @@ def test_sentencepiece_bundle_replays_its_strings(tmp_path):
                         reference_outputs=model.predict(ids, verbose=0), text=strings,
                         tokenizer=s.info["tokenizer"])
     tok = json.loads((path / "contract.json").read_text())["preprocessing"]["tokenizer"]
-    assert (path / tok["sentencepiece_model_file"]).is_file()
+    assert all((path / tok[f]).is_file() for f in files)
     code, lines = verify_bundle(path)
-    assert code == 0 and lines[0].startswith("PASS tokenizer sentencepiece"), lines
+    assert code == 0 and lines[0].startswith(f"PASS tokenizer {kind}"), lines
     golden = json.loads((path / "golden.json").read_text())
+    # predict --text tokenizes with the reference from the bundle's files (the .model file,
+    # vocab.json + merges.txt) and gives the file's own golden outputs
+    got = [p["top"][0]["class"] for p in predict(path, strings[:3])["predictions"]]
+    want = np.asarray(golden["expected"]["model_fp32.tflite"]["outputs"][0]["data"]).argmax(1)
+    assert got == list(want[:3])
     golden["inputs"][0]["data"][0][1] += 1
     (path / "golden.json").write_text(json.dumps(golden))
     code, lines = verify_bundle(path)

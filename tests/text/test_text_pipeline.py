@@ -64,11 +64,34 @@ def test_user_csv_through_the_recipe_to_a_verified_bundle_and_predict(tmp_path):
     assert got == list(want[:3])
 
 
+@pytest.mark.slow  # the recipe with byte_pair: run (train + export), verify-bundle, predict
+def test_byte_pair_recipe_run_gives_a_bundle_whose_strings_replay(tmp_path):
+    sets = [f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            *[s for s in FAST if not s.startswith("tokenizer.vocab_size")],
+            "tokenizer.kind=byte_pair", "tokenizer.vocab_size=600", "data.params={n: 900}"]
+    proc = _cli(["run", "reviews_transformer", "--stages", "train,export",
+                 *[a for s in sets for a in ("--set", s)]], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next((tmp_path / "out").glob("reviews_transformer/*"))
+    bundle = run_dir / "bundle"
+    tok = json.loads((bundle / "contract.json").read_text())["preprocessing"]["tokenizer"]
+    assert tok["kind"] == "byte_pair" and tok["vocab_size"] > 5 + 256
+    assert (bundle / "vocab.json").is_file() and (bundle / "merges.txt").is_file()
+    check = _cli(["verify-bundle", str(bundle)], tmp_path, 300)
+    assert check.returncode == 0 and "PASS tokenizer byte_pair" in check.stdout, check.stdout
+    pred = _cli(["predict", str(run_dir), "--json", "--text", "the food was not good"],
+                tmp_path, 300)
+    assert pred.returncode == 0 and json.loads(pred.stdout)["predictions"][0]["top"], pred.stderr
+
+
 BAD = [
     (["data.path=missing.csv"], "does not exist"),
     (["data.text=body"], "column 'body' is not in my_texts.csv"),
     (["model.name=cnn"], "does not take token ids"),
-    (["tokenizer.kind=byte_pair"], "byte_pair"),
+    (["tokenizer.kind=byte_pair", "tokenizer.vocab_size=200"],
+     "byte_pair needs tokenizer.vocab_size > 261"),
+    (["tokenizer.kind=sentencepiece", "tokenizer.preset=."],
+     "loads WordPiece or byte_pair vocabularies"),
     (["tokenizer.preset=/nope"], "is not a local directory"),
     (["data.path=one.csv"], "label 'rare' has a single example"),
 ]
@@ -118,6 +141,8 @@ def test_bad_text_input_is_one_line_exit_2_before_any_run(tmp_path, monkeypatch,
 def test_the_recipe_loads_and_text_config_is_checked():
     cfg = load_config("reviews_transformer")
     assert cfg.data.name == "reviews" and cfg.tokenizer.kind == "wordpiece"
+    assert load_config("reviews_transformer", ["tokenizer.kind=byte_pair"]).tokenizer.kind \
+        == "byte_pair"  # learned on the training split, no longer refused
     with pytest.raises(ConfigError, match="not a text dataset"):
         load_config("digits_cnn", ["data.text=body"])
     with pytest.raises(ConfigError, match="tokenizer.preset"):

@@ -10,6 +10,7 @@ or imports `keras.src`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -112,3 +113,49 @@ def tensorflow_trainer_module() -> Any:
     from keras.src.backend.tensorflow import trainer
 
     return trainer
+
+
+@contextlib.contextmanager
+def bounded_attention_mask_fill(fill: Callable[[Any, Any], Any]) -> Iterator[None]:
+    """Within the block, Keras's masked attention fills masked logits with
+    `fill(logits, bool_mask)` instead of its huge constants: `Softmax.call` with a
+    mask (-1e9, `keras.src.layers.activations.softmax`; MultiHeadAttention with
+    dropout) and the TensorFlow backend's `_apply_masks` (-2.4e38,
+    `keras.src.backend.tensorflow.nn`; MultiHeadAttention's fused
+    `ops.dot_product_attention` path), Keras 3.15. Used while tracing a model for
+    TFLite: a full-int8 file gives that select one per-tensor scale, and a huge fill
+    rounds every real logit to the same value. Restored on exit, also on error. No
+    public API sets the fill. Not thread-safe (patches two module attributes)."""
+    from keras.src.backend.tensorflow import nn as tf_nn
+    from keras.src.layers.activations import softmax as softmax_module
+
+    softmax_call, apply_masks = softmax_module.Softmax.call, tf_nn._apply_masks
+
+    def call(self, inputs, mask=None):
+        axes = tuple(self.axis) if isinstance(self.axis, (tuple, list)) else (self.axis,)
+        if mask is None or len(axes) != 1 or axes[0] % len(inputs.shape) != len(inputs.shape) - 1:
+            return softmax_call(self, inputs, mask=mask)  # only the last axis is rewritten
+        mask = keras.ops.cast(mask, "bool") if keras.backend.standardize_dtype(
+            mask.dtype) == "bool" else keras.ops.greater(mask, 0.5)
+        outputs = softmax_call(self, fill(inputs, mask))
+        return keras.ops.where(mask, outputs, 0.0)  # as Keras: a fully masked row -> 0
+
+    def masks(logits, mask, is_causal):
+        if mask is None and not is_causal:
+            return logits
+        import tensorflow as tf  # as Keras's own _apply_masks, without its constant
+
+        keep = tf.ones_like(logits, dtype="bool")
+        if mask is not None:
+            keep = tf.logical_and(keep, mask)
+        if is_causal:
+            shape = tf.shape(logits)
+            keep = tf.logical_and(keep, tf.linalg.band_part(
+                tf.ones((shape[2], shape[3]), "bool"), -1, 0)[None, None])
+        return fill(logits, keep)
+
+    softmax_module.Softmax.call, tf_nn._apply_masks = call, masks
+    try:
+        yield
+    finally:
+        softmax_module.Softmax.call, tf_nn._apply_masks = softmax_call, apply_masks

@@ -167,8 +167,21 @@ def _export_keras(model, path: Path, **_):
     model.save(path)
 
 
+def _trace_saved_model(model, path: Path, **kwargs) -> None:
+    """`model.export` as a SavedModel, Keras's masked attention (MultiHeadAttention,
+    masked Softmax: KerasHub's BERT family) filling masked logits like kdl's own
+    attention (`mask_logits`: the row's smallest logit - 30) instead of -1e9/-2.4e38,
+    which give full-int8 TFLite's select a scale that rounds every real logit to the
+    same value. In float the weights agree to exp(-30); Keras is restored afterwards."""
+    from kdl.backend import keras_private
+    from kdl.layers.attention import mask_logits
+
+    with keras_private.bounded_attention_mask_fill(mask_logits):
+        model.export(str(path), format="tf_saved_model", verbose=False, **kwargs)
+
+
 def _export_saved_model(model, path: Path, **_):
-    model.export(str(path), format="tf_saved_model", verbose=False)
+    _trace_saved_model(model, path)
 
 
 def _listed_ops(message: str, heading: str) -> list[str]:
@@ -191,8 +204,7 @@ def _static_batch_saved_model(model, directory: Path) -> Path:
 
     spec = model.inputs[0]
     signature = [tf.TensorSpec((1, *spec.shape[1:]), spec.dtype)]
-    model.export(str(directory), format="tf_saved_model", verbose=False,
-                 input_signature=signature)
+    _trace_saved_model(model, directory, input_signature=signature)
     return directory
 
 

@@ -84,3 +84,25 @@ def test_symbolic_build_hook():
 @pytest.mark.tf_only
 def test_tensorflow_trainer_reduces_per_replica():
     assert callable(kp.tensorflow_trainer_module().reduce_per_replica)
+
+
+@pytest.mark.tf_only  # the fused path patched is the TensorFlow backend's
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # fused dot_product_attention / Softmax
+def test_bounded_attention_mask_fill_is_used_and_restored(dropout):
+    seen = []
+
+    def fill(logits, mask):
+        seen.append(tuple(mask.shape))
+        return keras.ops.where(mask, logits, -30.0)
+
+    mha = keras.layers.MultiHeadAttention(2, 4, dropout=dropout)
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    mask = np.ones((2, 5, 5), bool)
+    mask[:, :, 3:] = False
+    want = keras.ops.convert_to_numpy(mha(x, x, attention_mask=mask))
+    call = keras.layers.Softmax.call
+    with kp.bounded_attention_mask_fill(fill):
+        got = keras.ops.convert_to_numpy(mha(x, x, attention_mask=mask))
+    assert seen and seen[0][-2:] == (5, 5), "Keras's masked attention no longer calls the fill"
+    assert keras.layers.Softmax.call is call
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -204,15 +204,18 @@ def test_bad_launch_is_one_line(capsys):
 
 
 @pytest.mark.once  # TensorFlow: several workers do not resume (JAX data parallel does)
-def test_launching_a_resumable_tensorflow_run_on_several_processes_is_one_line(capsys):
+def test_launching_a_resumable_tensorflow_run_on_several_processes_is_one_line(capsys,
+                                                                            tmp_path):
     from pipelines.cli import main
 
     resume = ["--set", "train.checkpoint=true", "--set", "train.distribution.kind=data_parallel"]
     assert main(["launch", "--processes", "2", "iris_mlp", *resume]) == 2
     assert main(["launch", "--processes", "2"]) == 2  # neither a recipe nor --resume
+    assert main(["launch", "--processes", "2", "--resume", str(tmp_path)]) == 2  # not a run
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "train.checkpoint (resume) on 2 tensorflow processes" in err[0]
+    assert len(err) == 3 and "train.checkpoint (resume) on 2 tensorflow processes" in err[0]
     assert err[1].startswith("error: launch takes a recipe (with --set), or --resume RUN_DIR")
+    assert "is not a kdl run directory" in err[2]
 
 
 @pytest.mark.once

@@ -6,11 +6,14 @@ with the default delegate (XNNPACK) on and off.
 Each backbone (weights none: latency does not depend on the values) is converted to
 fp32 and to full int8 with uint8 input (calibrated on 64 images of the generated
 `shapes` set). Timing: batch 1, 1 thread, `invoke()` only (the input is set once), in
-interleaved rounds (every file and delegate setting once per round, a block of calls
-each), so machine load spreads over all of them alike; the table gives the median
-over rounds and the min-max spread. `off-fast-path ops` are the op types left outside
-the XNNPACK delegate once it is applied: they run LiteRT's reference/optimized
-builtin kernels.
+interleaved rounds: every file and delegate setting once per round, a block of calls
+each, timed one by one and summarised by the block's median (a call the OS preempted
+does not move it). The table gives the median over rounds and the min-max spread;
+int8/fp32 is taken per round (the two files timed back to back) and summarised by its
+median and min-max over rounds. `off-fast-path ops` are the op types left outside the
+XNNPACK delegate once it is applied: they run LiteRT's reference/optimized builtin
+kernels. `--work DIR` keeps the converted files there and reuses them on the next run
+(conversion is most of the time; timing is not).
 """
 
 from __future__ import annotations
@@ -84,11 +87,14 @@ def off_fast_path(interp) -> collections.Counter:
 
 
 def time_block(interp, calls: int) -> float:
+    """The median of `calls` single invokes (ms): a call the OS preempted does not move it."""
     interp.invoke()
-    t = time.perf_counter()
+    ts = []
     for _ in range(calls):
+        t = time.perf_counter()
         interp.invoke()
-    return (time.perf_counter() - t) / calls * 1000
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1000
 
 
 def convert(name: str, params: dict, size: int, rep: np.ndarray, out: Path) -> dict:
@@ -109,6 +115,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--only", nargs="*", help="labels to run (default: all)")
+    p.add_argument("--work", type=Path, help="keep converted files here and reuse them")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/image_backbones.json"))
     args = p.parse_args()
 
@@ -117,16 +124,25 @@ def main() -> None:
     data = load_splits("shapes", image_size=(args.size, args.size), normalize=False,
                        per_class=40)
     rep = data.train.subset(np.arange(64)).x
-    work = Path(tempfile.mkdtemp(prefix="kdl-backbones-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="kdl-backbones-"))
     rows = []
     chosen = [b for b in BACKBONES if not args.only or b[0] in args.only]
     files = {}
     for label, name, params in chosen:
-        files[label] = convert(name, params, args.size, rep, work / label.replace(" ", "_"))
+        out = work / f"{label.replace(' ', '_')}_{args.size}"
+        index = out / "files.json"
+        if index.exists():
+            files[label] = {k: (v if k == "params" else Path(v))
+                            for k, v in json.loads(index.read_text()).items()}
+            print(f"reused {label} from {out}", flush=True)
+            continue
+        files[label] = convert(name, params, args.size, rep, out)
+        index.write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
+                                     for k, v in files[label].items()}))
         print(f"converted {label}: {files[label]['params']} params", flush=True)
-    interps = {(label, fmt, dg): interpreter(files[label][fmt], dg)
-               for label in files for fmt in ("tflite_fp32", "tflite_int8")
-               for dg in (True, False)}
+    interps = {(label, fmt, dg): interpreter(files[label][fmt], dg)  # pairs back to back
+               for label in files for dg in (True, False)
+               for fmt in ("tflite_fp32", "tflite_int8")}
     times = collections.defaultdict(list)
     for r in range(args.rounds):  # interleaved: each round times every configuration once
         for key, interp in interps.items():
@@ -143,30 +159,39 @@ def main() -> None:
                 row[f"{tag}_spread_ms"] = [min(ts), max(ts)]
             row[f"{fmt}_ops"] = dict(op_types(interps[(label, fmt, False)]))
             row[f"{fmt}_off_fast_path"] = dict(off_fast_path(interps[(label, fmt, True)]))
-        for dg in ("xnnpack", "builtin"):
-            row[f"int8_vs_fp32_{dg}"] = (row[f"tflite_int8_{dg}_ms"]
-                                         / row[f"tflite_fp32_{dg}_ms"])
+        for dg, on in (("xnnpack", True), ("builtin", False)):
+            # Paired per round (the two files were timed back to back), so load that
+            # changes between rounds cancels; median and min-max over rounds.
+            ratios = [i / f for i, f in zip(times[(label, "tflite_int8", on)],
+                                            times[(label, "tflite_fp32", on)], strict=True)]
+            row[f"int8_vs_fp32_{dg}"] = statistics.median(ratios)
+            row[f"int8_vs_fp32_{dg}_spread"] = [min(ratios), max(ratios)]
         row["int8_vs_fp32_size"] = row["tflite_int8_bytes"] / row["tflite_fp32_bytes"]
         rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"size": args.size, "rounds": args.rounds,
                                     "calls": args.calls, "rows": rows}, indent=1))
     print(f"\n{args.size}x{args.size}, batch 1, 1 thread, invoke() only; median of "
-          f"{args.rounds} interleaved rounds of {args.calls} calls [min-max]\n")
+          f"{args.rounds} interleaved rounds (each the median of {args.calls} calls) "
+          "[min-max]; int8/fp32: the median of per-round ratios [min-max]\n")
     print("| backbone | params | fp32 ms (XNNPACK) | int8 ms (XNNPACK) | int8/fp32 | "
-          "fp32 ms (no delegate) | int8 ms (no delegate) | int8/fp32 | int8 ops off "
-          "XNNPACK |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "fp32 ms (no delegate) | int8 ms (no delegate) | int8/fp32 | int8/fp32 size | "
+          "int8 ops off XNNPACK |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     def cell(r, tag):
         lo, hi = r[f"{tag}_spread_ms"]
         return f"{r[f'{tag}_ms']:.2f} [{lo:.2f}-{hi:.2f}]"
 
+    def ratio(r, dg):
+        lo, hi = r[f"int8_vs_fp32_{dg}_spread"]
+        return f"{r[f'int8_vs_fp32_{dg}']:.2f} [{lo:.2f}-{hi:.2f}]"
+
     for r in rows:
         off = ", ".join(f"{k} x{v}" for k, v in sorted(r["tflite_int8_off_fast_path"].items()))
         print(f"| {r['backbone']} | {r['params']:,} | {cell(r, 'tflite_fp32_xnnpack')} | "
-              f"{cell(r, 'tflite_int8_xnnpack')} | {r['int8_vs_fp32_xnnpack']:.2f} | "
+              f"{cell(r, 'tflite_int8_xnnpack')} | {ratio(r, 'xnnpack')} | "
               f"{cell(r, 'tflite_fp32_builtin')} | {cell(r, 'tflite_int8_builtin')} | "
-              f"{r['int8_vs_fp32_builtin']:.2f} | {off or 'none'} |")
+              f"{ratio(r, 'builtin')} | {r['int8_vs_fp32_size']:.2f} | {off or 'none'} |")
     print("\nop types per int8 file:")
     for r in rows:
         print(f"  {r['backbone']}: " + ", ".join(

@@ -12,7 +12,9 @@ the tiny CNN on the streamed training split; it reports the process's peak resid
 `keras.Model.fit` on `keras.utils.image_dataset_from_directory` and by kdl's
 `training.fit` on the `image_folder` split, epoch by epoch in alternation (so machine
 load hits both alike); epoch-time ratio kdl / plain (first epoch, with tracing, left
-out), median and min-max; test accuracy of each on a second generated set.
+out), median and min-max, and the same for the median time per step (the interval
+between the ends of successive batches, so a batch the OS preempted does not move it);
+test accuracy of each on a second generated set.
 """
 
 from __future__ import annotations
@@ -55,6 +57,29 @@ def one_rss(n: int, root: str) -> dict:
             "peak_rss_mb": _rss_mb(), "growth_mb": _rss_mb() - base}
 
 
+class StepTimer:
+    """A Keras callback: the intervals between the ends of successive training batches
+    (compute and the wait for the next batch; the first batch of an epoch left out)."""
+
+    def __init__(self):
+        import keras
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_begin(cb, epoch, logs=None):
+                self.last, self.intervals = None, []
+
+            def on_train_batch_end(cb, batch, logs=None):
+                now = time.perf_counter()
+                if self.last is not None:
+                    self.intervals.append(now - self.last)
+                self.last = now
+
+        self.callback, self.last, self.intervals = _Callback(), None, []
+
+    def median(self) -> float:
+        return statistics.median(self.intervals)
+
+
 def peer(epochs: int, per_class: int) -> dict:
     import keras
     import numpy as np
@@ -85,16 +110,22 @@ def peer(epochs: int, per_class: int) -> dict:
     cfg.early_stopping.enabled = False
     training.compile_for(ours, "classification", cfg, 1)
     times = {"plain": [], "kdl": []}
+    steps = {"plain": [], "kdl": []}  # per epoch: the median interval between batch ends
+    timer = StepTimer()
     for e in range(epochs):
         t = time.perf_counter()
-        plain.fit(plain_ds, epochs=1, verbose=0)
+        plain.fit(plain_ds, epochs=1, verbose=0, callbacks=[timer.callback])
         times["plain"].append(time.perf_counter() - t)
+        steps["plain"].append(timer.median())
         t = time.perf_counter()
-        training.fit(ours, splits, cfg, 32)
+        training.fit(ours, splits, cfg, 32, callbacks=[timer.callback])
         times["kdl"].append(time.perf_counter() - t)
-        print(f"epoch {e + 1}: plain {times['plain'][-1]:.1f}s, kdl {times['kdl'][-1]:.1f}s",
-              flush=True)
+        steps["kdl"].append(timer.median())
+        print(f"epoch {e + 1}: plain {times['plain'][-1]:.1f}s "
+              f"({steps['plain'][-1] * 1000:.0f} ms/step), kdl {times['kdl'][-1]:.1f}s "
+              f"({steps['kdl'][-1] * 1000:.0f} ms/step)", flush=True)
     ratios = [k / p for k, p in zip(times["kdl"][1:], times["plain"][1:], strict=True)]
+    step_ratios = [k / p for k, p in zip(steps["kdl"][1:], steps["plain"][1:], strict=True)]
 
     def accuracy(model):
         pred = model.predict(make_tf_dataset(test, 64, targets=False), verbose=0).argmax(1)
@@ -103,6 +134,8 @@ def peer(epochs: int, per_class: int) -> dict:
     return {"images": len(splits.train), "epochs": epochs, "times_s": times,
             "epoch_ratio_median": statistics.median(ratios),
             "epoch_ratio_range": [min(ratios), max(ratios)],
+            "step_ratio_median": statistics.median(step_ratios),
+            "step_ratio_range": [min(step_ratios), max(step_ratios)],
             "test_accuracy": {"plain": accuracy(plain), "kdl": accuracy(ours)},
             "test_images": len(test)}
 

@@ -90,8 +90,7 @@ def test_two_jax_processes_train_as_one(store):
     _two_processes_as_one("jax", store)
 
 
-@pytest.mark.once
-@pytest.mark.slow
+@pytest.mark.once  # in make test: issue 15 asks CI to run the distributed tests (~100-220 s)
 def test_two_tensorflow_workers_train_as_one(store):
     _two_processes_as_one("tensorflow", store)
 

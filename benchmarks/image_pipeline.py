@@ -57,29 +57,6 @@ def one_rss(n: int, root: str) -> dict:
             "peak_rss_mb": _rss_mb(), "growth_mb": _rss_mb() - base}
 
 
-class StepTimer:
-    """A Keras callback: the intervals between the ends of successive training batches
-    (compute and the wait for the next batch; the first batch of an epoch left out)."""
-
-    def __init__(self):
-        import keras
-
-        class _Callback(keras.callbacks.Callback):
-            def on_epoch_begin(cb, epoch, logs=None):
-                self.last, self.intervals = None, []
-
-            def on_train_batch_end(cb, batch, logs=None):
-                now = time.perf_counter()
-                if self.last is not None:
-                    self.intervals.append(now - self.last)
-                self.last = now
-
-        self.callback, self.last, self.intervals = _Callback(), None, []
-
-    def median(self) -> float:
-        return statistics.median(self.intervals)
-
-
 def peer(epochs: int, per_class: int) -> dict:
     import keras
     import numpy as np
@@ -89,6 +66,22 @@ def peer(epochs: int, per_class: int) -> dict:
     from kdl.data import load_splits, make_tf_dataset
     from kdl.data.shapes import write_shapes
     from kdl.models import build_model
+
+    class StepTimer(keras.callbacks.Callback):
+        """The intervals between the ends of successive training batches (compute and
+        the wait for the next batch; the first batch of an epoch left out)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.last, self.intervals = None, []
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if self.last is not None:
+                self.intervals.append(now - self.last)
+            self.last = now
+
+        def median(self) -> float:
+            return statistics.median(self.intervals)
 
     folder = write_shapes(per_class=per_class, image_size=64, seed=0)
     test_folder = write_shapes(per_class=60, image_size=64, seed=1)
@@ -114,11 +107,11 @@ def peer(epochs: int, per_class: int) -> dict:
     timer = StepTimer()
     for e in range(epochs):
         t = time.perf_counter()
-        plain.fit(plain_ds, epochs=1, verbose=0, callbacks=[timer.callback])
+        plain.fit(plain_ds, epochs=1, verbose=0, callbacks=[timer])
         times["plain"].append(time.perf_counter() - t)
         steps["plain"].append(timer.median())
         t = time.perf_counter()
-        training.fit(ours, splits, cfg, 32, callbacks=[timer.callback])
+        training.fit(ours, splits, cfg, 32, callbacks=[timer])
         times["kdl"].append(time.perf_counter() - t)
         steps["kdl"].append(timer.median())
         print(f"epoch {e + 1}: plain {times['plain'][-1]:.1f}s "

@@ -57,6 +57,7 @@ class TextTokenizer:
         self.options = dict(options or {})
         self.proto = proto
         self.merges = list(merges or [])
+        self._fn = None  # tf_function's, traced on first use
         self.start_token, self.end_token = start_token, end_token
         ids = self._ids(start_token, end_token)
         self.start_id, self.end_id = ids
@@ -98,7 +99,7 @@ class TextTokenizer:
         import keras_hub
         import tensorflow as tf
 
-        if getattr(self, "_fn", None) is not None:
+        if self._fn is not None:
             return self._fn
         packer = keras_hub.layers.StartEndPacker(
             self.sequence_length, start_value=self.start_id, end_value=self.end_id,

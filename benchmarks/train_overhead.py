@@ -18,8 +18,8 @@ Rows:
   never triggers, per-epoch MLflow logging to a real SQLite store) against
   `model.fit` with no callbacks, both on kdl's input feed.
 - kdl feed / NumPy arrays: the bare `model.fit` on kdl's input feed
-  (`kdl.training.train_and_val`: `tf.data` on TensorFlow and JAX, `ArrayBatches` for
-  in-memory data on PyTorch) against the same fit on the NumPy arrays (`batch_size`,
+  (`kdl.training.train_and_val`: `tf.data` on TensorFlow, `ArrayBatches` for
+  in-memory data on JAX and PyTorch) against the same fit on the NumPy arrays (`batch_size`,
   `shuffle=True`). `--tf-data` feeds `tf.data` on every backend instead, as kdl did
   before `ArrayBatches`.
 - kdl / plain PyTorch loop: the kdl loop against a hand-written PyTorch loop

@@ -9,6 +9,7 @@ every backend.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,27 +109,27 @@ def soft_labels(splits: DataSplits) -> bool:
 
 
 def in_line_feed(splits: DataSplits) -> bool:
-    """True when training feeds `ArrayBatches` rather than `tf.data`: on PyTorch (which
-    kdl does not distribute), for in-memory splits with no augmentation. JAX keeps
-    `tf.data`, so that a one-device run and a distributed one see the same batches
-    (`kdl.data.feed` says why)."""
-    dist = distribution.active()  # a run's scope with kind none has no engine
-    return (keras.backend.backend() == "torch" and splits.augment is None
-            and not hasattr(splits.train, "dataset") and (dist is None or dist.engine is None))
+    """True when training feeds `ArrayBatches` rather than `tf.data`: on JAX and PyTorch,
+    for in-memory splits with no augmentation (`kdl.data.feed` says why). TensorFlow keeps
+    `tf.data`, which runs inside its graph."""
+    return (keras.backend.backend() in ("jax", "torch") and splits.augment is None
+            and not hasattr(splits.train, "dataset"))
 
 
-def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder: bool = False):
+def train_and_val(splits: DataSplits, batch_size: int, seed: int, drop_remainder: bool = False,
+                  shard: tuple[int, int] = (0, 1)):
     """The training batches (shuffled, seeded, augmented) and the validation ones (or None):
     `tf.data`, or `ArrayBatches` where `in_line_feed`; with soft labels the validation
-    targets are one-hot too, for the same loss."""
+    targets are one-hot too, for the same loss. `shard`: this process's part of each
+    in-line batch (`ArrayBatches`); a `tf.data` feed is sharded by Keras."""
     has_val = len(splits.val) >= (batch_size if drop_remainder else 1)
     if in_line_feed(splits):
         from kdl.data.feed import ArrayBatches
 
         return (ArrayBatches(splits.train, batch_size, shuffle=True, seed=seed,
-                             drop_remainder=drop_remainder),
-                ArrayBatches(splits.val, batch_size, drop_remainder=drop_remainder)
-                if has_val else None)
+                             drop_remainder=drop_remainder, shard=shard),
+                ArrayBatches(splits.val, batch_size, drop_remainder=drop_remainder,
+                             shard=shard) if has_val else None)
     train_ds = make_tf_dataset(splits.train, batch_size, shuffle=True, seed=seed,
                                drop_remainder=drop_remainder, augment=splits.augment)
     val_ds = (make_tf_dataset(splits.val, batch_size, drop_remainder=drop_remainder)
@@ -165,7 +166,8 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     drop = dist is not None and dist.drop_remainder  # JAX: every batch splits evenly
     if cfg.reweigh:
         splits = reweighed(splits, cfg.reweigh)
-    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed, drop)
+    on = dist or distribution.Distributed()
+    train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed, drop, on.input_shard)
     if dist is not None:
         head = splits.train.head(batch_size)
         distribution.keep_epoch_order(model, (model_input(head.x), head.y))
@@ -183,7 +185,6 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
         cbs.append(stopper)
     cbs.extend(callbacks)
     if checkpoint_dir is not None and cfg.checkpoint:
-        on = dist or distribution.Distributed()
         with on.shard_feed(val_ds) as val_ds:  # several processes: each feeds its shard
             model, hist = fit_resumable(
                 model, splits.train.x, splits.train.y, epochs=cfg.epochs,
@@ -195,9 +196,11 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
                     m.optimizer),
                 shard=on.input_shard, write=on.is_chief)
     else:
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=cbs,
-                         shuffle=False,  # train_ds shuffles itself, seeded
-                         verbose=cfg.verbose).history
+        in_line = isinstance(train_ds, keras.utils.PyDataset)  # else Keras shards tf.data
+        with on.shard_feed(val_ds) if in_line else contextlib.nullcontext(val_ds) as val_ds:
+            hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                             callbacks=cbs, shuffle=False,  # train_ds shuffles itself, seeded
+                             verbose=cfg.verbose).history
     hist = {k: [float(v) for v in vals] for k, vals in hist.items()}
     epochs_run = len(hist.get("loss", []))
     stopped = stopper is not None and stopper.stopped_epoch > 0

@@ -177,10 +177,31 @@ def test_in_memory_batches_are_seeded_permutations_reshuffled_every_epoch():
         np.concatenate([ArrayBatches(split, 4)[i][1] for i in range(3)]), np.arange(n))
 
 
-def test_training_feeds_in_memory_data_in_line_on_torch_only():
+def test_a_sharded_feed_gives_each_process_its_slice_of_the_global_batch():
+    from kdl.data.feed import ArrayBatches
+
+    n = 22
+    split = Split(np.arange(n, dtype="float32")[:, None], np.arange(n))
+    whole = ArrayBatches(split, 8, shuffle=True, seed=5, drop_remainder=True)
+    parts = [ArrayBatches(split, 8, shuffle=True, seed=5, drop_remainder=True, shard=(i, 2))
+             for i in range(2)]
+    for _ in range(2):  # the same global batches, epoch after epoch
+        assert len(whole) == len(parts[0]) == 2
+        for i in range(len(whole)):
+            np.testing.assert_array_equal(
+                np.concatenate([p[i][1] for p in parts]), whole[i][1])
+            assert len(parts[1][i][1]) == 4
+        for feed in (whole, *parts):
+            feed.on_epoch_end()
+    for bad in ({"shard": (0, 3)}, {"shard": (2, 2)}, {"shard": (0, 2), "drop_remainder": False}):
+        with pytest.raises(ValueError):
+            ArrayBatches(split, 8, **{"drop_remainder": True, **bad})
+
+
+def test_training_feeds_in_memory_data_in_line_on_jax_and_torch():
     splits = _toy_regression()
     train, val = training.train_and_val(splits, 16, seed=0)
-    in_line = keras.backend.backend() == "torch"  # JAX: the order of distributed runs
+    in_line = keras.backend.backend() != "tensorflow"  # TensorFlow: tf.data in its graph
     assert training.in_line_feed(splits) is in_line
     with distribution.Distributed().scope():  # a pipeline run's scope, kind none
         assert training.in_line_feed(splits) is in_line

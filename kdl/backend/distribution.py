@@ -219,13 +219,14 @@ class Distributed:
     def shard_feed(self, validation=None):
         """Inside: `fit` takes each process's own shard (`input_shard`) of a Python
         input, which Keras's JAX auto-sharding refuses on several processes (it shards
-        `tf.data` only). Yields `validation` (a `tf.data` dataset or None) sharded as
-        Keras would have; auto-sharding is back on after."""
+        `tf.data` only). Yields `validation`: a `tf.data` dataset sharded as Keras would
+        have, a Python one (already this process's shard) or None as it is; auto-sharding
+        is back on after."""
         engine = self.engine
         if self.input_shard[1] == 1 or not hasattr(engine, "auto_shard_dataset"):
             yield validation
             return
-        if validation is not None:
+        if validation is not None and not isinstance(validation, keras.utils.PyDataset):
             validation = engine.distribute_dataset(validation)
         before, engine.auto_shard_dataset = engine.auto_shard_dataset, False
         try:

@@ -1,4 +1,4 @@
-"""Training batches from in-memory arrays, fed without threads on PyTorch.
+"""Training batches from in-memory arrays, fed without threads on JAX and PyTorch.
 
 `kdl.data.make_tf_dataset` serves every backend, but on JAX and PyTorch Keras pulls each
 `tf.data` batch across a thread hand-off and converts it to NumPy: 1-17 ms per batch on
@@ -6,9 +6,11 @@ this 2-core machine under load, against 0.03-1.2 ms for slicing the arrays (meas
 docs/performance.md). `ArrayBatches` slices the arrays in the training thread, in an order
 of its own seeded generator, reshuffled after every epoch: seeded runs repeat exactly and do
 not depend on NumPy's global state. TensorFlow keeps `tf.data`, which runs inside its graph.
-JAX keeps it too: a distributed JAX run needs `tf.data`'s sharding across processes, and a
-one-device run must see the same batches as a distributed one, so that adding
-`train.distribution` gives the same weights (`tests/pipelines/test_launch.py`).
+
+A distributed JAX run feeds the same batches: one process feeds the global batch, which
+Keras splits over the devices; with several processes each feeds its `shard` of it, the
+slice Keras would have cut from a `tf.data` input. So adding `train.distribution` gives
+the one-device weights (`tests/pipelines/test_launch.py`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,26 @@ from kdl.data.core import Split, is_multi_input
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """`(x, y)` (or `(x, y, weight)`) batches of an in-memory split, shuffled per epoch."""
+    """`(x, y)` (or `(x, y, weight)`) batches of an in-memory split, shuffled per epoch.
+
+    `shard=(index, count)`: this process's part of every global batch when `count`
+    processes train one run: the `index`-th of `count` equal, contiguous slices, as Keras
+    shards a `tf.data` input (`rebatch(batch_size / count)`, then `shard(count, index)`).
+    It needs `drop_remainder` and a `batch_size` that `count` divides.
+    """
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 targets: bool = True, drop_remainder: bool = False):
+                 targets: bool = True, drop_remainder: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         super().__init__()  # workers=1, no multiprocessing: Keras calls __getitem__ in line
+        index, count = shard
+        if count > 1 and (batch_size % count or not drop_remainder):
+            raise ValueError(f"a batch of {batch_size} sharded over {count} processes needs "
+                             f"a batch size that {count} divides and drop_remainder=True")
+        if not 0 <= index < count:
+            raise ValueError(f"shard index {index} is not in [0, {count})")
+        part = batch_size // count
+        self._slice = slice(index * part, (index + 1) * part)
         self._x = tuple(split.x) if is_multi_input(split.x) else split.x
         self._y = split.y if targets else None
         self._w = (split.weight.astype("float32")
@@ -44,7 +61,7 @@ class ArrayBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         if not 0 <= i < self._len:
             raise IndexError(f"batch {i} of {self._len}")
-        idx = self._order[i * self._batch:(i + 1) * self._batch]
+        idx = self._order[i * self._batch:(i + 1) * self._batch][self._slice]
         x = tuple(a[idx] for a in self._x) if isinstance(self._x, tuple) else self._x[idx]
         if self._y is None:
             return (x,)

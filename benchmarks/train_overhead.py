@@ -16,11 +16,12 @@ min-max over the repeats.
 Rows:
 - kdl loop / bare model.fit: `kdl.training.fit` (NaN guard, early stopping that
   never triggers, per-epoch MLflow logging to a real SQLite store) against
-  `model.fit` with no callbacks, both on kdl's input feed.
+  `model.fit` with no callbacks, both on kdl's input feed, built for each fit as
+  `kdl.training.fit` builds it (a fresh `tf.data` pipeline refills its cache).
 - kdl feed / NumPy arrays: the bare `model.fit` on kdl's input feed
   (`kdl.training.train_and_val`: `tf.data` on TensorFlow, `ArrayBatches` for
-  in-memory data on JAX and PyTorch) against the same fit on the NumPy arrays (`batch_size`,
-  `shuffle=True`). `--tf-data` feeds `tf.data` on every backend instead, as kdl did
+  in-memory data on JAX and PyTorch) against the same fit on the NumPy arrays
+  (`batch_size`, `shuffle=True`). `--tf-data` feeds `tf.data` on every backend instead, as kdl did
   before `ArrayBatches`.
 - kdl / plain PyTorch loop: the kdl loop against a hand-written PyTorch loop
   (the same CNN in NCHW, AdamW, the same clipping and rate per step, the same
@@ -210,11 +211,13 @@ def main() -> None:
         training.compile_for(model, splits.task, cfg.train, steps)
         return model
 
-    if args.tf_data:
-        train_ds = make_tf_dataset(splits.train, batch, shuffle=True, seed=cfg.train.seed)
-        val_ds = make_tf_dataset(splits.val, batch)
-    else:
-        train_ds, val_ds = training.train_and_val(splits, batch, cfg.train.seed)
+    def feed():
+        """kdl's input feed, built afresh for every fit as `kdl.training.fit` builds it."""
+        if args.tf_data:
+            return (make_tf_dataset(splits.train, batch, shuffle=True, seed=cfg.train.seed),
+                    make_tf_dataset(splits.val, batch))
+        return training.train_and_val(splits, batch, cfg.train.seed)
+
     compiled = backend == "torch" and args.torch_compile
     models = {name: fresh_model() for name in ("bare", "numpy", "kdl")}
     if compiled:
@@ -225,6 +228,7 @@ def main() -> None:
     log_cb = tracker.keras_callback("train/")
 
     def bare(before, after):
+        train_ds, val_ds = feed()
         models["bare"].fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=0,
                            shuffle=False, callbacks=[*before, *after])
 
@@ -291,8 +295,10 @@ def main() -> None:
     if sweep:
         rows.append((f"kdl 1 thread / {cores} threads",
                      ratios("kdl 1 thread", f"kdl {cores} threads")))
-    feed = type(train_ds).__name__ if isinstance(train_ds, keras.utils.PyDataset) else "tf.data"
-    print(f"\n## train overhead: backend={backend}, {args.recipe}, feed {feed}, "
+    train_ds = feed()[0]
+    feed_name = (type(train_ds).__name__ if isinstance(train_ds, keras.utils.PyDataset)
+                 else "tf.data")
+    print(f"\n## train overhead: backend={backend}, {args.recipe}, feed {feed_name}, "
           f"{steps} steps/epoch, "
           f"{args.epochs} timed epochs x {args.repeats} repeats, torch threads={threads}, "
           f"{os.cpu_count()} cores")

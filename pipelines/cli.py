@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             except ServerError as e:
                 return _error(str(e))
         if args.command == "launch":
-            from kdl.backend.distribution import resume_refusal
+            from kdl.backend.distribution import check_config, resume_refusal
             from pipelines.config import load_config
             from pipelines.launch import launch
 
@@ -300,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                 toolkit.checkpoint_dir(Context(cfg, run_dir, None, state={"resume": True}))
             else:
                 cfg = load_config(args.recipe, args.overrides)
-            if message := (_tracking_missing(cfg) or (cfg.train.checkpoint and resume_refusal(
-                    cfg.train.distribution, args.processes))):
+            if message := (_tracking_missing(cfg) or check_config(
+                    cfg.train.distribution, cfg.data.batch_size, processes=args.processes) or (
+                    cfg.train.checkpoint and resume_refusal(cfg.train.distribution,
+                                                            args.processes))):
                 return _error(message)
             return launch(args.recipe, args.overrides, args.processes, args.stages,
                           resume=args.resume)

@@ -35,8 +35,12 @@ SUPPORTED = {"jax": ("data_parallel", "model_parallel"), "tensorflow": ("data_pa
 _SIMULATED = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
 
 
-def check_config(d, batch_size: int, backend: str | None = None) -> str | None:
-    """What is wrong with a `DistributionConfig` before any device is touched, or None."""
+def check_config(d, batch_size: int, backend: str | None = None,
+                 processes: int | None = None) -> str | None:
+    """What is wrong with a `DistributionConfig` before any device is touched, or None.
+
+    `processes`: how many processes will train the run (a launcher knows it before
+    starting them); by default the config's, else the environment's (`process_env`)."""
     backend = backend or keras.backend.backend()
     key = "train.distribution"
     if d.kind == "none":
@@ -81,14 +85,18 @@ def check_config(d, batch_size: int, backend: str | None = None) -> str | None:
         return f"{key}.num_processes must be >= 1 (got {d.num_processes})"
     if d.process_id is not None and not 0 <= d.process_id < (d.num_processes or 1 << 30):
         return f"{key}.process_id must be in [0, num_processes) (got {d.process_id})"
+    count = processes or process_env(d)[1]
     replicas = None
     if d.kind == "model_parallel":
         replicas = next(iter(d.mesh.values()))
     elif d.devices != "all":
-        replicas = d.devices * (d.num_processes or 1)
+        replicas = d.devices * count
     if replicas and batch_size % replicas:
         return (f"data.batch_size {batch_size} does not split over {replicas} data-parallel "
                 f"replicas: make it a multiple of {replicas}")
+    if backend == "jax" and count > 1 and batch_size % count:  # each feeds its equal shard
+        return (f"data.batch_size {batch_size} does not split over {count} processes: "
+                f"make it a multiple of {count}")
     return None
 
 

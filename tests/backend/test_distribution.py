@@ -188,6 +188,21 @@ def test_bad_distribution_is_named(cfg, backend, message):
     assert got is not None and message in got, got
 
 
+def test_a_jax_batch_that_the_processes_do_not_split_is_named(monkeypatch):
+    from pipelines.config import from_dict
+
+    for k in ("KERAS_DISTRIBUTION_NUM_PROCESSES", "JAX_NUM_PROCESSES", "SLURM_NTASKS",
+              "TF_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    d = from_dict({"train": {"distribution": {"kind": "data_parallel"}}}).train.distribution
+    message = "data.batch_size 63 does not split over 2 processes: make it a multiple of 2"
+    assert check_config(d, 63, "jax", processes=2) == message  # a launcher's count
+    assert check_config(d, 64, "jax", processes=2) is None
+    assert check_config(d, 63, "jax") is None  # one process
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")  # a launched process
+    assert check_config(d, 63, "jax") == message
+
+
 def test_good_distributions_pass():
     assert check_config(DistributionConfig(), 32, "torch") is None
     for cfg, backend in ((DP, "tensorflow"), (DP, "jax"), (MP, "jax")):

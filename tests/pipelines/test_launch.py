@@ -202,6 +202,22 @@ def test_bad_launch_is_one_line(capsys):
                    "error: --workers must be >= 0 (got -1)"]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax",
+                    reason="JAX: every process feeds an equal shard of each batch")
+def test_a_batch_the_jax_processes_cannot_share_is_one_line_before_any_run(capsys, store):
+    from pipelines.cli import main
+
+    sets = [f"output_dir={store['out']}", f"tracking.uri={store['uri']}",
+            "train.distribution.kind=data_parallel", "data.batch_size=63"]
+    before = sorted(Path(store["out"]).rglob("*"))
+    assert main(["launch", "--processes", "2", "iris_mlp",
+                 *(a for s in sets for a in ("--set", s))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: data.batch_size 63 does not split over 2 processes: make it a "
+                   "multiple of 2"]
+    assert sorted(Path(store["out"]).rglob("*")) == before  # no run directory
+
+
 @pytest.mark.once  # TensorFlow: several workers do not resume (JAX data parallel does)
 def test_launching_a_resumable_tensorflow_run_on_several_processes_is_one_line(capsys,
                                                                             tmp_path):

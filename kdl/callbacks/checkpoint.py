@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from kdl.backend.rng import get_global_rng_state, set_global_rng_state
+from kdl.data.feed import shard_slice
 from kdl.io import atomic_write_text
 
 LATEST = "latest"
@@ -65,13 +66,8 @@ class EpochShuffledData(keras.utils.PyDataset):
         super().__init__(workers=1, use_multiprocessing=False)
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-        index, count = shard
-        if count > 1 and (batch_size % count or not drop_remainder):
-            raise ValueError(f"a batch of {batch_size} sharded over {count} processes needs "
-                             f"a batch size that {count} divides and drop_remainder=True")
-        if not 0 <= index < count:
-            raise ValueError(f"shard index {index} is not in [0, {count})")
-        self.shard = (int(index), int(count))
+        self._slice = shard_slice(batch_size, shard, drop_remainder)
+        self.shard = (int(shard[0]), int(shard[1]))
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -96,11 +92,7 @@ class EpochShuffledData(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         i = index + self.start_batch
-        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        index, count = self.shard
-        if count > 1:
-            part = self.batch_size // count
-            idx = idx[index * part:(index + 1) * part]
+        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size][self._slice]
         return self.x[idx], self.y[idx]
 
     def callback(self) -> keras.callbacks.Callback:

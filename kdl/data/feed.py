@@ -23,27 +23,33 @@ import numpy as np
 from kdl.data.core import Split, is_multi_input
 
 
+def shard_slice(batch_size: int, shard: tuple[int, int], drop_remainder: bool) -> slice:
+    """The rows of a global batch that process `index` of `count` feeds (`shard`): the
+    `index`-th of `count` equal, contiguous slices, as Keras shards a `tf.data` input
+    (`rebatch(batch_size / count)`, then `shard(count, index)`). Every batch must split
+    evenly: `count` divides `batch_size`, and the smaller last batch is dropped."""
+    index, count = shard
+    if count > 1 and (batch_size % count or not drop_remainder):
+        raise ValueError(f"a batch of {batch_size} sharded over {count} processes needs "
+                         f"a batch size that {count} divides and drop_remainder=True")
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is not in [0, {count})")
+    part = batch_size // count
+    return slice(index * part, (index + 1) * part)
+
+
 class ArrayBatches(keras.utils.PyDataset):
     """`(x, y)` (or `(x, y, weight)`) batches of an in-memory split, shuffled per epoch.
 
     `shard=(index, count)`: this process's part of every global batch when `count`
-    processes train one run: the `index`-th of `count` equal, contiguous slices, as Keras
-    shards a `tf.data` input (`rebatch(batch_size / count)`, then `shard(count, index)`).
-    It needs `drop_remainder` and a `batch_size` that `count` divides.
+    processes train one run (`shard_slice`).
     """
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  targets: bool = True, drop_remainder: bool = False,
                  shard: tuple[int, int] = (0, 1)):
         super().__init__()  # workers=1, no multiprocessing: Keras calls __getitem__ in line
-        index, count = shard
-        if count > 1 and (batch_size % count or not drop_remainder):
-            raise ValueError(f"a batch of {batch_size} sharded over {count} processes needs "
-                             f"a batch size that {count} divides and drop_remainder=True")
-        if not 0 <= index < count:
-            raise ValueError(f"shard index {index} is not in [0, {count})")
-        part = batch_size // count
-        self._slice = slice(index * part, (index + 1) * part)
+        self._slice = shard_slice(batch_size, shard, drop_remainder)
         self._x = tuple(split.x) if is_multi_input(split.x) else split.x
         self._y = split.y if targets else None
         self._w = (split.weight.astype("float32")

@@ -163,10 +163,10 @@ def fit(model: keras.Model, splits: DataSplits, cfg: TrainConfig, batch_size: in
     resumed, is `TrainResult.extra["model"]`.
     """
     dist = distribution.active()
-    drop = dist is not None and dist.drop_remainder  # JAX: every batch splits evenly
+    on = dist or distribution.Distributed()  # one device: no engine, one process
+    drop = on.drop_remainder  # JAX: every batch splits evenly over the devices
     if cfg.reweigh:
         splits = reweighed(splits, cfg.reweigh)
-    on = dist or distribution.Distributed()
     train_ds, val_ds = train_and_val(splits, batch_size, cfg.seed, drop, on.input_shard)
     if dist is not None:
         head = splits.train.head(batch_size)

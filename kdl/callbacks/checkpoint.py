@@ -66,8 +66,7 @@ class EpochShuffledData(keras.utils.PyDataset):
         super().__init__(workers=1, use_multiprocessing=False)
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-        self._slice = shard_slice(batch_size, shard, drop_remainder)
-        self.shard = (int(shard[0]), int(shard[1]))
+        self._slice = shard_slice(batch_size, shard, drop_remainder)  # this process's rows
         self.x, self.y = x, y
         self.batch_size = int(batch_size)
         self.seed = int(seed)

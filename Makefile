@@ -58,7 +58,10 @@ test-slow: venv ## the slow tests (learning bars, long training), once per backe
 lint: venv ## ruff
 	$(PY) -m ruff check kdl pipelines tests benchmarks
 
+# MLflow's job runner (8 processes for its GenAI jobs, unused by kdl) stays off unless the
+# environment turns it on: docs/scale.md.
 ui: venv ## the MLflow UI over the project's store, on http://127.0.0.1:$(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT)
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.run import run_pipeline
 from pipelines.tracking import Tracker
-from pipelines.tracking_server import TeamServer
+from pipelines.tracking_server import TeamServer, server_env
 from tests.pipelines.conftest import recipe
 
 pytestmark = pytest.mark.once  # the tracking client is the same on every backend
@@ -34,6 +34,20 @@ def team():
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _session(pid: int) -> list[str]:
+    """The command lines of every live process in session `pid` (a server and its workers)."""
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == pid and fields[0] != "Z":  # fields[3]: the session id
+                commands.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                                .decode())
+        except (OSError, IndexError, ValueError):
+            pass  # it ended while being read
+    return commands
 
 
 def _cfg(team, tmp_path, experiment, *overrides):
@@ -66,6 +80,16 @@ def test_runs_registry_and_artifacts_through_the_team_server(team, tmp_path):
     version = mobile.register_candidate(tracker, cfg, run_dir, bundle, ["tflite_fp32"])
     mv = client.get_model_version_by_alias("kdl-team", "candidate")
     assert version == f"kdl-team v{mv.version}" and mv.tags["kind"] == "mobile-bundle"
+
+
+def test_the_server_runs_without_mlflows_job_runner(team, monkeypatch):
+    """The server and its uvicorn worker, not MLflow's job runner and its 7 consumers
+    (docs/scale.md); a team that wants them says so in the environment."""
+    commands = _session(team.mlflow.proc.pid)
+    assert any("mlflow server" in c for c in commands), commands
+    assert not any("_job_runner" in c or "huey" in c for c in commands), commands
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    assert server_env()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
 
 
 def test_two_concurrent_runs(team):

@@ -19,9 +19,11 @@ kernels. `--work DIR` keeps the converted files there and reuses them on the nex
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -125,6 +127,8 @@ def main() -> None:
                        per_class=40)
     rep = data.train.subset(np.arange(64)).x
     work = args.work or Path(tempfile.mkdtemp(prefix="kdl-backbones-"))
+    if not args.work:  # converted files kept only where --work asks
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     rows = []
     chosen = [b for b in BACKBONES if not args.only or b[0] in args.only]
     files = {}

@@ -36,9 +36,11 @@ Rows:
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -194,6 +196,7 @@ def main() -> None:
     backend = keras.backend.backend()
 
     root = tempfile.mkdtemp(prefix="kdl-bench-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # its MLflow stores
     cfg = load_config(args.recipe, [
         "train.verbose=0", f"tracking.uri=sqlite:///{root}/mlflow.db",
         "train.early_stopping.patience=100000", "tracking.experiment=bench"])

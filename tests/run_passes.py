@@ -7,7 +7,8 @@ parts and `--jobs` parts run at once, longest first. A part is a set of test fol
 folder's conftest fixtures are built in one process, as in a whole pass.
 
 Each part's output is printed whole when it ends, under its name and time; the exit status
-is 1 when any part failed (and names them), 0 otherwise. Extra arguments go to every pytest.
+is 1 when any part failed (and names them, keeping their temp files), 0 otherwise (the temp
+files removed). Extra arguments go to every pytest.
 
     python tests/run_passes.py [--jobs N] [--backends tensorflow,jax,torch] [-- PYTEST_ARGS]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,9 +104,10 @@ def main(argv: list[str]) -> int:
     for t in threads:
         t.join()
     print(f"all parts ended in {time.monotonic() - began:.0f} s ({args.jobs} at a time)")
-    if failed:
-        print(f"FAILED on: {' '.join(sorted(failed))}")
+    if failed:  # their pytest temp files stay, to look at
+        print(f"FAILED on: {' '.join(sorted(failed))} (temp files: {tmp})")
         return 1
+    shutil.rmtree(tmp, ignore_errors=True)  # every part passed: nothing left in /tmp
     return 0
 
 

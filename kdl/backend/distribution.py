@@ -85,7 +85,10 @@ def check_config(d, batch_size: int, backend: str | None = None,
         return f"{key}.num_processes must be >= 1 (got {d.num_processes})"
     if d.process_id is not None and not 0 <= d.process_id < (d.num_processes or 1 << 30):
         return f"{key}.process_id must be in [0, num_processes) (got {d.process_id})"
-    count = processes or process_env(d)[1]
+    try:
+        count = _process_count(d, processes)
+    except ValueError as e:  # a malformed standard variable, named
+        return str(e)
     replicas = None
     if d.kind == "model_parallel":
         replicas = next(iter(d.mesh.values()))
@@ -109,7 +112,10 @@ def resume_refusal(d, processes: int | None = None, backend: str | None = None) 
     writing the checkpoint (`shard_feed`). TensorFlow's MultiWorkerMirroredStrategy
     would shard a Python input itself and needs every worker in a save: refused.
     """
-    count = processes if processes is not None else process_env(d)[1]
+    try:
+        count = _process_count(d, processes)
+    except ValueError as e:  # a malformed standard variable, named
+        return str(e)
     backend = backend or keras.backend.backend()
     if d.kind == "none" or count == 1 or (backend == "jax" and d.kind == "data_parallel"):
         return None
@@ -139,18 +145,38 @@ def custom_training_refusal(d, model_name: str, backend: str | None = None) -> s
 # ----------------------------------------------------------------------------- processes
 
 
+def _process_count(d, processes: int | None) -> int:
+    """A launcher's process count, else the config's or the environment's (`process_env`)."""
+    return processes if processes is not None else process_env(d)[1]
+
+
+def _env_int(key: str, what: str) -> int:
+    value = os.environ[key]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} is not a whole number ({what}): fix it or unset "
+                         "it") from None
+
+
 def process_env(d=None) -> tuple[str | None, int, int]:
     """(coordinator, process count, this process's id): config, else the standard variables.
 
     Keras's `KERAS_DISTRIBUTION_JOB_ADDRESSES/_NUM_PROCESSES/_PROCESS_ID`, JAX's
     `JAX_COORDINATOR_ADDRESS` (+ `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), SLURM's
     `SLURM_NTASKS/SLURM_PROCID` (coordinator found by JAX), TensorFlow's `TF_CONFIG`.
+    Raises `ValueError` naming a variable that is not a whole number, or a `TF_CONFIG`
+    that is not JSON.
     """
     env = os.environ
     coordinator = getattr(d, "coordinator", None)
     count = getattr(d, "num_processes", None)
     index = getattr(d, "process_id", None)
-    tf_config = json.loads(env["TF_CONFIG"]) if env.get("TF_CONFIG") else {}
+    try:
+        tf_config = json.loads(env["TF_CONFIG"]) if env.get("TF_CONFIG") else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({e.msg}, character {e.pos}): write "
+                         "the cluster as TensorFlow documents it, or unset it") from None
     workers = tf_config.get("cluster", {}).get("worker", [])
     for c_key, n_key, i_key in (
             ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
@@ -159,8 +185,9 @@ def process_env(d=None) -> tuple[str | None, int, int]:
             (None, "SLURM_NTASKS", "SLURM_PROCID")):
         if n_key in env:
             coordinator = coordinator or (env.get(c_key) if c_key else None)
-            count = count if count is not None else int(env[n_key])
-            index = index if index is not None else int(env.get(i_key, 0))
+            count = count if count is not None else _env_int(n_key, "the process count")
+            if index is None:
+                index = _env_int(i_key, "this process's index") if i_key in env else 0
             break
     else:
         if workers and count is None:

@@ -203,6 +203,34 @@ def test_a_jax_batch_that_the_processes_do_not_split_is_named(monkeypatch):
     assert check_config(d, 63, "jax") == message
 
 
+@pytest.mark.once  # the CLI's distributed path needs JAX or TensorFlow; the check is the same
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_NUM_PROCESSES": "abc"}, "JAX_NUM_PROCESSES='abc' is not a whole number (the process"),
+    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "x"}, "SLURM_PROCID='x' is not a whole number"),
+    ({"TF_CONFIG": "{bad"}, "TF_CONFIG is not valid JSON"),
+])
+def test_a_malformed_process_variable_is_named_not_a_traceback(monkeypatch, capsys, tmp_path,
+                                                                env, message):
+    from kdl.backend.distribution import process_env, resume_refusal
+    from pipelines.cli import main
+
+    for k in ("KERAS_DISTRIBUTION_NUM_PROCESSES", "JAX_NUM_PROCESSES", "SLURM_NTASKS",
+              "TF_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        process_env()
+    d = DistributionConfig(kind="data_parallel")
+    assert message in check_config(d, 32, "jax") and message in resume_refusal(d)
+    out = tmp_path / "out"
+    code = main(["run", "iris_mlp", "--set", "train.distribution.kind=data_parallel",
+                 "--set", f"output_dir={out}", "--set", "tracking.enabled=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
 def test_good_distributions_pass():
     assert check_config(DistributionConfig(), 32, "torch") is None
     for cfg, backend in ((DP, "tensorflow"), (DP, "jax"), (MP, "jax")):
